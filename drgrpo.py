@@ -43,8 +43,8 @@ import torch
 # -----------------------------------------------------------------------------------------------------------------
 
 
-def knob(default, why):
-    return field(default=default, metadata={"help": why})
+def knob(default, why, alias=None):
+    return field(default=default, metadata={"help": why, "alias": alias})
 
 
 @dataclass
@@ -88,6 +88,9 @@ class Config:
     gradient_checkpointing: bool = knob(True, "recompute activations in backward: fits 3000-token responses on one GPU")
     save_every: int = knob(50, "checkpoint every N steps (and at the end); 0 = only at the end")
     eval_size: int = knob(0, "with `eval`: use only the first N problems of each file (0 = all)")
+    r1_strict: bool = knob(True, "r1 template: grade 0 unless the response has '</think> <answer>' (paper's rule)")
+    eval_n: int = knob(1, "with `eval`: 1 = greedy (paper); K > 1 samples K at --temperature and adds pass@k", "n")
+    eval_every: int = knob(0, "during training: evaluate --eval_data every N steps into metrics.jsonl (0 = never)")
 
 
 ALGO_PRESETS = {  # algo -> (adv_norm, loss_agg)
@@ -183,16 +186,18 @@ def last_boxed(text):
 
 
 def extract_answer(response, template):
-    """The answer string a template asks for: last \\boxed{} (qwen_math, none) or the <answer> tag (r1).
+    r"""The answer a template asks for: the last \boxed{} (qwen_math, none), or what follows the last <answer> tag
+    (r1; a \boxed{} inside the tag is unwrapped). None when there is no answer to grade.
 
     >>> extract_answer("<think> 2+2 </think> <answer> 4 </answer>", "r1")
     '4'
     """
-    if template == "r1":
-        end = response.rfind("</answer>")
-        start = response.rfind("<answer>", 0, end)
-        return response[start + len("<answer>"):end].strip() if 0 <= start < end else None
-    return last_boxed(response)
+    if template != "r1":
+        return last_boxed(response)
+    if "<answer>" not in response or "</answer>" not in response:
+        return None
+    answer = response.rsplit("<answer>", 1)[1].replace("</answer>", "").strip()
+    return last_boxed(answer) if "\\boxed" in answer else answer
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -258,16 +263,21 @@ def math_equal(pred, gold):
         return False
 
 
-def grade(response, gold, template, truncated=False):
-    """Reward of one response: 1.0 if its answer matches any gold, else 0.0.
+def grade(response, gold, template, truncated=False, r1_strict=True):
+    r"""The verifier: 1.0 if the response's answer matches any gold answer, else 0.0. No partial or format credit.
 
-    A response cut off at max_new_tokens scores 0 whatever it says (as the reference code does): the model must
-    learn to finish. `gold` is a string or a list of accepted strings.
+    - The answer is the last \boxed{} (qwen_math, none) or the <answer> tag (r1). With r1_strict (the paper's rule)
+      an r1 response must also contain "</think> <answer>": reasoning closed, then the answer, one space between.
+    - A response cut off at max_new_tokens scores 0 whatever it says (as the reference code does).
+    - Equivalence is math-verify's: fractions/decimals, intervals, tuples, \text{} units, percentages, degrees,
+      matrices. `gold` is a string or a list of accepted strings.
 
-    >>> grade("... so the answer is \\\\boxed{\\\\frac{1}{2}}", "0.5", "qwen_math")
+    >>> grade(r"... so the answer is \boxed{\frac{1}{2}}", "0.5", "qwen_math")
     1.0
+    >>> grade("<think> 1+1 </think><answer> 2 </answer>", "2", "r1"), grade("</think> <answer> 2 </answer>", "2", "r1")
+    (0.0, 1.0)
     """
-    if truncated:
+    if truncated or (template == "r1" and r1_strict and "</think> <answer>" not in response):
         return 0.0
     pred = extract_answer(response, template)
     if pred is None:
@@ -699,8 +709,9 @@ def train(cfg):
         ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
+    eval_rows = [r for f in cfg.eval_data.split(",") if f and cfg.eval_every for r in load_jsonl(f, quiet=True)]
     max_prompt_len = max(len(ids) for ids in tokenizer(
-        [apply_template(cfg.template, p["problem"]) for p in data], add_special_tokens=False)["input_ids"])
+        [apply_template(cfg.template, p["problem"]) for p in data + eval_rows], add_special_tokens=False)["input_ids"])
     sampler = make_sampler(cfg, model, tokenizer, max_prompt_len)
     rollout_size = cfg.prompts_per_rollout * cfg.group_size
     updates_per_rollout = rollout_size // cfg.train_batch_size * cfg.epochs_per_rollout
@@ -733,7 +744,7 @@ def train(cfg):
                                   seed=cfg.seed * 100003 + step)
         t_sample = time.time()
         # --- grade: verifiable 0/1 reward
-        rewards = torch.tensor([[grade(c.text, p["golds"], cfg.template, c.truncated) for c in g]
+        rewards = torch.tensor([[grade(c.text, p["golds"], cfg.template, c.truncated, cfg.r1_strict) for c in g]
                                 for p, g in zip(batch, groups)])
         advantages = group_advantages(rewards, cfg.adv_norm)
         t_reward = time.time()
@@ -765,6 +776,9 @@ def train(cfg):
              "sample_s": t_sample - t0, "reward_s": t_reward - t_sample, "update_s": t_end - t_reward,
              "sync_s": sync_s, "step_s": t_end - t0, "tokens_per_s": gen_tokens / (t_end - t0),
              "logprob_gap": torch.cat(gaps).mean().item() if gaps else None}
+        if cfg.eval_every and step % cfg.eval_every == 0:  # held-out numbers, same sampler and grader as `eval`
+            for name, r in evaluate(cfg, model, tokenizer, sampler, quiet=True).items():
+                m.update({f"eval/{name}/{k}": r[k] for k in ("accuracy", "len_mean", "truncated_frac")})
         with open(metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
         bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['len_mean']:.0f}", loss=f"{m['loss']:.4f}")
@@ -774,36 +788,69 @@ def train(cfg):
     return ckpt
 
 
-def evaluate(cfg, files=None, model=None, tokenizer=None, quiet=False):
-    """Greedy accuracy on each JSONL file, and the average over files (paper Table 4 reports the average)."""
+def pass_at_k(n, c, k):
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
+
+    >>> pass_at_k(4, 1, 2), pass_at_k(4, 0, 2), pass_at_k(4, 3, 2), pass_at_k(5, 2, 1)
+    (0.5, 0.0, 1.0, 0.4)
+    """
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def evaluate(cfg, model=None, tokenizer=None, sampler=None, out_dir=None, quiet=False):
+    """Accuracy on each --eval_data file and their average (paper Table 4), with the training code's sampler and
+    grader. Greedy by default; --n K samples K responses at --temperature and adds pass@k. With out_dir, writes
+    eval.json and every response with its grade to eval_responses.jsonl."""
     cfg = resolve(cfg)
-    files = files or [f for f in cfg.eval_data.split(",") if f]
+    files = [f for f in cfg.eval_data.split(",") if f]
     if not files:
         raise UserError("--eval_data: give at least one JSONL file")
-    sets = {os.path.basename(f).rsplit(".", 1)[0]: load_jsonl(f, quiet) for f in files}
+    sets = {os.path.basename(f).rsplit(".", 1)[0]: load_jsonl(f, quiet)[:cfg.eval_size or None] for f in files}
     if model is None:
         model, tokenizer = load_model(cfg.model, pick_device(cfg)[0])
-    max_prompt_len = max(len(tokenizer(apply_template(cfg.template, r["problem"]), add_special_tokens=False)
-                             ["input_ids"]) for rows in sets.values() for r in rows)
-    sampler = make_sampler(cfg, model, tokenizer, max_prompt_len)
-    results = {}
+    if sampler is None:
+        longest = max(len(ids) for rows in sets.values() for ids in tokenizer(
+            [apply_template(cfg.template, r["problem"]) for r in rows], add_special_tokens=False)["input_ids"])
+        sampler = make_sampler(cfg, model, tokenizer, longest)
+    n, temperature = cfg.eval_n, (cfg.temperature if cfg.eval_n > 1 else 0.0)
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
+    results, records = {}, []
     for name, rows in sets.items():
-        rows = rows[:cfg.eval_size] if cfg.eval_size else rows
         prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
-        outs = [g[0] for g in sampler.generate(prompts, 1, cfg.max_new_tokens, temperature=0.0)]
-        correct = [grade(c.text, r["golds"], cfg.template, c.truncated) for c, r in zip(outs, rows)]
-        lens = [len(c.token_ids) for c in outs]
-        right = [n for n, x in zip(lens, correct) if x > 0]
-        wrong = [n for n, x in zip(lens, correct) if x <= 0]
-        results[name] = {"accuracy": sum(correct) / len(rows), "n": len(rows),
-                         "len_correct": sum(right) / len(right) if right else None,
-                         "len_incorrect": sum(wrong) / len(wrong) if wrong else None,
-                         "truncated_frac": sum(c.truncated for c in outs) / len(rows)}
-        if not quiet:
-            print(f"{name:>16s}: accuracy {100 * results[name]['accuracy']:5.1f}%  (n={len(rows)})")
-    results["average"] = {"accuracy": sum(r["accuracy"] for r in results.values()) / len(sets)}
+        groups = sampler.generate(prompts, n, cfg.max_new_tokens, temperature, cfg.top_p, seed=cfg.seed)
+        grades = [[grade(c.text, r["golds"], cfg.template, c.truncated, cfg.r1_strict) for c in g]
+                  for g, r in zip(groups, rows)]
+        flat = [(c, x) for g, gr in zip(groups, grades) for c, x in zip(g, gr)]
+        right = [len(c.token_ids) for c, x in flat if x > 0]
+        wrong = [len(c.token_ids) for c, x in flat if x <= 0]
+        results[name] = {
+            "n_problems": len(rows), "samples_per_problem": n, "accuracy": sum(x for _, x in flat) / len(flat),
+            "len_mean": sum(len(c.token_ids) for c, _ in flat) / len(flat),
+            "len_correct": sum(right) / len(right) if right else None,
+            "len_incorrect": sum(wrong) / len(wrong) if wrong else None,
+            "truncated_frac": sum(c.truncated for c, _ in flat) / len(flat),
+            **{f"pass@{k}": sum(pass_at_k(n, int(sum(gr)), k) for gr in grades) / len(rows) for k in ks if k > 1}}
+        records += [{"benchmark": name, "problem": r["problem"], "golds": r["golds"],
+                     "responses": [{"text": c.text, "grade": x, "tokens": len(c.token_ids), "truncated": c.truncated}
+                                   for c, x in zip(g, gr)]} for r, g, gr in zip(rows, groups, grades)]
+    keys = [k for k in results[next(iter(results))] if k not in ("n_problems", "samples_per_problem")]
+    results["average"] = {k: sum(r[k] or 0 for r in results.values()) / len(sets) for k in keys
+                          if all(r[k] is not None for r in results.values())}
     if not quiet:
-        print(f"{'average':>16s}: accuracy {100 * results['average']['accuracy']:5.1f}%")
+        cols = ["accuracy", "len_mean", "truncated_frac"] + [f"pass@{k}" for k in ks if k > 1]
+        print(f"{'benchmark':>16s} | {'n':>5s} | " + " | ".join(f"{c:>14s}" for c in cols))
+        for name, r in results.items():
+            print(f"{name:>16s} | {r.get('n_problems', ''):>5} | " + " | ".join(
+                f"{100 * r[c]:13.1f}%" if c != "len_mean" else f"{r[c]:14.1f}" for c in cols if c in r))
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "eval.json"), "w") as f:
+            json.dump({"model": cfg.model, "template": cfg.template, "max_new_tokens": cfg.max_new_tokens,
+                       "temperature": temperature, "results": results}, f, indent=2)
+        with open(os.path.join(out_dir, "eval_responses.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        if not quiet:
+            print(f"wrote {out_dir}/eval.json and {out_dir}/eval_responses.jsonl")
     return results
 
 
@@ -951,12 +998,11 @@ def demo(cfg, algos=("dr_grpo", "grpo")):
     for algo in algos:
         t = time.time()
         run = replace(cfg, algo=algo, out_dir=os.path.join(cfg.out_dir, algo))
-        after = evaluate(run, files=None, **dict(zip(("model", "tokenizer"), load_model(train(run), "cpu"))),
-                         quiet=True)
+        after = evaluate(run, *load_model(train(run), "cpu"), quiet=True)
         name = os.path.basename(cfg.eval_data).rsplit(".", 1)[0]
         b, a = before[name], after[name]
         summary["algos"][algo] = {
-            "accuracy_before": b["accuracy"], "accuracy_after": a["accuracy"], "n_test": a["n"],
+            "accuracy_before": b["accuracy"], "accuracy_after": a["accuracy"], "n_test": a["n_problems"],
             "len_correct_before": b["len_correct"], "len_incorrect_before": b["len_incorrect"],
             "len_correct_after": a["len_correct"], "len_incorrect_after": a["len_incorrect"],
             "steps": cfg.steps, "seconds": time.time() - t}
@@ -977,7 +1023,95 @@ def demo(cfg, algos=("dr_grpo", "grpo")):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# 11. Command line: every Config field is a flag; the mode picks what runs.
+# 11. `make data`: the paper's public training and evaluation sets, downloaded and converted to the JSONL above
+# -----------------------------------------------------------------------------------------------------------------
+# Sources, pinned to commits: the MATH level 3-5 training set (8,523 problems, as released with LIMR) and the
+# reference repository's evaluation suite (HF `save_to_disk` Arrow files, read with pyarrow, which `make data`
+# installs). The row counts and the SHA-256 of each converted file are checked, so a changed source is caught.
+LIMR = "https://raw.githubusercontent.com/GAIR-NLP/LIMR/98ebf1bd54cc4539a9ac2332327ab0200bc2a88f/data/prompts/"
+SUITE = ("https://raw.githubusercontent.com/sail-sg/understand-r1-zero/dfca49dd460ee7cc8e4a5a162c876a7fd6993b87/"
+         "datasets/evaluation_suite/")
+PAPER_DATA = {  # file in data/: (url, source name, rows, sha256 of the converted file)
+    "train_math_lvl3to5.jsonl": (LIMR + "math.8k.json", "math_lvl3to5_8k", 8523,
+                                 "293c103b85b314274d6bea7f2c02f3ca6729009c39c83b8ed8037eac068a00cc"),
+    "eval/aime24.jsonl": (SUITE + "aime/data-00000-of-00001.arrow", "aime24", 30,
+                          "0bf7e4c7c0ce80d7103d5523867725f79d9f9a89ae37cb4cecb4c43e486cead1"),
+    "eval/amc.jsonl": (SUITE + "amc/data-00000-of-00001.arrow", "amc", 83,
+                       "296561e65f6b54f055eaaf5b3938426db1b05c11896bd3712c2d16dce53599f9"),
+    "eval/math500.jsonl": (SUITE + "math/data-00000-of-00001.arrow", "math500", 500,
+                           "379cf6b309d258ff9dab589deba37ce93474b482c07a85b4b62ef85f787570f7"),
+    "eval/minerva.jsonl": (SUITE + "minerva/data-00000-of-00001.arrow", "minerva", 272,
+                           "ad4994b668d4225063ae9b06f473085e1a36b08fe507c76b0e43478d696aaa2c"),
+    "eval/olympiadbench.jsonl": (SUITE + "olympiad_bench/data-00000-of-00001.arrow", "olympiadbench", 675,
+                                 "777dbf22c66de3fa54306e9db54e02b21bb4ccca05fa72c53688bfb5638b1cd7"),
+}
+
+
+def convert_rows(rows, source):
+    """Rows as a source stores them -> {problem, answer, source[, answers]}: a list of golds keeps them all in
+    `answers` (its first is `answer`), and integral float answers (AMC's 142.0) become integer strings.
+
+    >>> convert_rows([{"prompt": "p", "answer": 142.0}], "amc")
+    [{'problem': 'p', 'answer': '142', 'source': 'amc'}]
+    >>> convert_rows([{"problem": "q", "answer": ["9.6", "9.60"]}], "minerva")[0]["answers"]
+    ['9.6', '9.60']
+    """
+    out = []
+    for r in rows:
+        golds = r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
+        golds = [str(int(g)) if isinstance(g, float) and g.is_integer() else str(g) for g in golds]
+        row = {"problem": r["problem"] if "problem" in r else r["prompt"], "answer": golds[0], "source": source}
+        out.append({**row, "answers": golds} if isinstance(r["answer"], list) else row)
+    return out
+
+
+def check_converted(name, text):
+    """Raise unless `text` has the rows and checksum recorded for PAPER_DATA[name]."""
+    import hashlib
+    _, _, n_rows, sha = PAPER_DATA[name]
+    got_rows, got_sha = text.count("\n"), hashlib.sha256(text.encode()).hexdigest()
+    if (got_rows, got_sha) != (n_rows, sha):
+        raise UserError(f"data/{name}: {got_rows} rows, sha256 {got_sha[:16]}; expected {n_rows} rows, "
+                        f"{sha[:16]}: the source has changed")
+
+
+def download_data(root="data"):
+    """`make data`: fetch, convert, check and atomically write each file of PAPER_DATA (skipping good ones)."""
+    import hashlib
+    import urllib.request
+    from tqdm import tqdm
+    for name, (url, source, _, sha) in PAPER_DATA.items():
+        path = os.path.join(root, name)
+        if os.path.exists(path) and hashlib.sha256(open(path, "rb").read()).hexdigest() == sha:
+            print(f"data/{name}: present, checksum ok")
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                raw, bar = b"", tqdm(total=int(r.headers.get("Content-Length") or 0), unit="B", unit_scale=True,
+                                     desc=name)
+                while chunk := r.read(1 << 16):
+                    raw += chunk
+                    bar.update(len(chunk))
+                bar.close()
+        except OSError as e:
+            raise UserError(f"cannot download {url} ({getattr(e, 'reason', e)}): `make data` needs internet access"
+                            f" (or put the JSONL files in {root}/ yourself)") from None
+        if url.endswith(".json"):
+            rows = json.loads(raw)
+        else:
+            import pyarrow
+            rows = pyarrow.ipc.open_stream(raw).read_all().to_pylist()  # HF save_to_disk = Arrow IPC stream
+        text = "".join(json.dumps(row) + "\n" for row in convert_rows(rows, source))
+        check_converted(name, text)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+        print(f"data/{name}: {text.count(chr(10))} problems")
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# 12. Command line: every Config field is a flag; the mode picks what runs.
 # -----------------------------------------------------------------------------------------------------------------
 
 
@@ -985,13 +1119,15 @@ def parse_args(argv=None):
     """-> (mode, Config). Flags left out take the mode's defaults (the paper's, or the demo's for `demo`)."""
     p = argparse.ArgumentParser(
         prog="drgrpo.py", description="Dr. GRPO (Liu et al. 2025) in one file. Modes: train (default), eval, demo.")
-    p.add_argument("mode", nargs="?", default="train", choices=["train", "eval", "demo"],
+    p.add_argument("mode", nargs="?", default="train", choices=["train", "eval", "demo", "data"],
                    help="train: RL (defaults = the paper's recipe); eval: greedy accuracy of --model on --eval_data; "
-                        "demo: offline tiny-model demo (its own defaults, shown in DEMO in the source)")
+                        "demo: offline tiny-model demo (its own defaults, shown in DEMO in the source); "
+                        "data: download the paper's training and evaluation sets into data/")
     parse_bool = lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[s.lower()]  # noqa: E731
     for f in fields(Config):
         kind = parse_bool if f.type in (bool, "bool") else type(f.default)
-        p.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
+        names = [f"--{f.name}"] + ([f"--{f.metadata['alias']}"] if f.metadata["alias"] else [])
+        p.add_argument(*names, dest=f.name, type=kind, default=argparse.SUPPRESS,
                        help=f"{f.metadata['help']} (default: {f.default})")
     given = vars(p.parse_args(argv))
     mode = given.pop("mode")
@@ -1002,7 +1138,12 @@ def parse_args(argv=None):
 def main(argv=None):
     mode, cfg = parse_args(argv)
     try:
-        {"train": train, "eval": evaluate, "demo": demo}[mode](cfg)
+        if mode == "eval":
+            evaluate(cfg, out_dir=cfg.out_dir)
+        elif mode == "data":
+            download_data()
+        else:
+            {"train": train, "demo": demo}[mode](cfg)
     except UserError as e:
         print(f"drgrpo: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -49,3 +49,24 @@ def test_r1_and_several_golds():
     assert grade("<think> 2+2 </think> <answer> 4 </answer>", "4", "r1") == 1.0
     assert grade("<think> 2+2 </think> <answer> 5 </answer>", "4", "r1") == 0.0
     assert grade(r"\boxed{2}", ["3", "2"], "none") == 1.0  # any accepted gold counts
+
+
+@pytest.mark.parametrize("answer,gold,expected", [
+    (r"[2, 5)", r"[2,5)", 1.0), (r"(-\infty, 3]", r"(-\infty,3]", 1.0), (r"[2, 5]", r"[2,5)", 0.0),  # intervals
+    (r"(1, 2, 3)", r"(1,2,3)", 1.0), (r"(1, 2)", r"(2,1)", 0.0),  # tuples are ordered
+    (r"10\text{ cm}", "10", 1.0), (r"\text{(B)}", "B", 1.0),  # \text{} units and choices
+    (r"25\%", "25", 1.0), ("0.25", r"25\%", 1.0),  # percentages
+    (r"30^\circ", "30", 1.0), (r"\dfrac{3}{4}", "0.75", 1.0), (r"\sqrt{2}/2", r"\frac{\sqrt{2}}{2}", 1.0),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", 1.0),  # matrices
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 5 \end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", 0.0),
+    (r"x^2+2x+1", "(x+1)^2", 1.0),
+])
+def test_math_verify_equivalences(answer, gold, expected):
+    assert grade(f"so the answer is \\boxed{{{answer}}}.", gold, "qwen_math") == expected
+
+
+def test_r1_format_rule_is_strict_by_default_and_can_be_relaxed():
+    loose = "<think> 2+2 </think>\n<answer> 4 </answer>"  # a newline instead of the single space
+    assert grade(loose, "4", "r1") == 0.0
+    assert grade(loose, "4", "r1", r1_strict=False) == 1.0
+    assert grade(r"</think> <answer> so \boxed{4} </answer>", "4", "r1") == 1.0  # a box inside the tag is unwrapped

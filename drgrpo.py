@@ -859,11 +859,11 @@ def evaluate(cfg, model=None, tokenizer=None, sampler=None, out_dir=None, quiet=
 #     trains with Dr. GRPO and GRPO through exactly the code above. Nothing is downloaded.
 # -----------------------------------------------------------------------------------------------------------------
 # Like a real base model it must already *sometimes* solve the task (RL can only reinforce what it samples: the
-# paper's point about base models, Sec. 2). Its pre-training text, like web text, states answers in two ways: mostly
-# in plain words ("The answer is 12."), sometimes in the \boxed{} form the qwen_math template asks for. So the base
-# model knows many answers but greedy decoding ignores the instruction, and the verifier, which reads only the last
-# \boxed{}, gives it little credit. RL with the verifier's reward has to discover the format and, within it, which
-# answers are right: the same two things that move the reward in the first steps of a real R1-Zero run.
+# paper's point about base models, Sec. 2). Its pre-training text, like web text, answers in three ways: a worked
+# chain that ends in \boxed{} (40%), a bare \boxed{} answer (18%), and a plain "The answer is 12." (42%). Greedy
+# decoding follows the most common path, the plain one, which the verifier (it reads only the last \boxed{}) scores
+# 0. RL with the verifier's reward discovers that the worked, boxed chain pays: format and reasoning that the base
+# model already had, selected by reward, as in the first steps of a real R1-Zero run.
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 DEMO_DATA = {"pretrain": ("data/arith_pretrain.jsonl", 12000), "train": ("data/arith_train.jsonl", 2000),

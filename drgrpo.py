@@ -657,6 +657,20 @@ def rollout_metrics(groups, rewards):
     }
 
 
+def loss_push(samples, cfg):
+    """How hard the loss pushes correct vs incorrect responses: the sum over their tokens of |A_i| x d loss / d l_it
+    (at ratio 1, the whole rollout as one batch). Under GRPO a long response's tokens each get 1/|o_i| of the push;
+    under Dr. GRPO every token gets the same, so longer wrong answers are pushed down harder. -> (correct, incorrect)
+    """
+    lengths = torch.tensor([len(s.completion.token_ids) for s in samples])
+    mask = (torch.arange(int(lengths.max())) < lengths.unsqueeze(1)).float()
+    unit = torch.ones_like(mask, requires_grad=True)
+    aggregate_loss(unit, mask, cfg.loss_agg, len(samples), int(lengths.sum()), cfg.loss_norm_const).backward()
+    push = unit.grad.sum(1) * torch.tensor([abs(s.advantage) for s in samples])
+    right = torch.tensor([s.reward > 0 for s in samples])
+    return push[right].sum().item(), push[~right].sum().item()
+
+
 def save_checkpoint(model, tokenizer, path):
     """save_pretrained into a temporary dir, then rename: a crash mid-write never leaves a half checkpoint."""
     tmp = path + ".tmp"
@@ -771,11 +785,13 @@ def train(cfg):
         # on-policy check: how far the sampler's log-probs of its own tokens are from the trainer's pi_old
         gaps = [(s.old_logp - torch.tensor(s.completion.logprobs)).abs() for s in samples if s.completion.logprobs]
         gen_tokens = sum(len(s.completion.token_ids) for s in samples)
+        push_correct, push_incorrect = loss_push(samples, cfg)
         m = {"step": step, **rollout_metrics(groups, rewards),
              **{k: sum(a[k] for a in agg) / len(agg) for k in agg[0]},
              "sample_s": t_sample - t0, "reward_s": t_reward - t_sample, "update_s": t_end - t_reward,
              "sync_s": sync_s, "step_s": t_end - t0, "tokens_per_s": gen_tokens / (t_end - t0),
-             "logprob_gap": torch.cat(gaps).mean().item() if gaps else None}
+             "logprob_gap": torch.cat(gaps).mean().item() if gaps else None,
+             "push_correct": push_correct, "push_incorrect": push_incorrect}
         if cfg.eval_every and step % cfg.eval_every == 0:  # held-out numbers, same sampler and grader as `eval`
             for name, r in evaluate(cfg, model, tokenizer, sampler, quiet=True).items():
                 m.update({f"eval/{name}/{k}": r[k] for k in ("accuracy", "len_mean", "truncated_frac")})
@@ -1019,7 +1035,35 @@ def demo(cfg, algos=("dr_grpo", "grpo")):
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
     print(f"total {summary['total_seconds']:.0f}s; summary: {path}")
+    try:
+        plot([os.path.join(cfg.out_dir, algo) for algo in algos], os.path.join(cfg.out_dir, "curves.png"))
+    except ImportError:
+        print("(install matplotlib for the figure of these runs)")
     return summary
+
+
+def plot(run_dirs, path=None):
+    """The paper's Fig. 1 (right) style view of runs: reward, and length of correct vs incorrect responses, per step,
+    several runs overlaid. Needs matplotlib (an optional extra). Returns the PNG's path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for run in run_dirs:
+        lines = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+        steps, name = [m["step"] for m in lines], os.path.basename(os.path.normpath(run))
+        for ax, key in zip(axes, ("reward", "len_correct", "len_incorrect")):
+            ax.plot(steps, [m[key] if m[key] is not None else float("nan") for m in lines], label=name)
+    for ax, title in zip(axes, ("reward (training samples)", "mean length of correct responses (tokens)",
+                                "mean length of incorrect responses (tokens)")):
+        ax.set(xlabel="RL step", title=title)
+        ax.legend()
+    fig.tight_layout()
+    path = path or os.path.join(os.path.commonpath([os.path.abspath(r) for r in run_dirs]), "curves.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"figure: {path}")
+    return path
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -1119,10 +1163,12 @@ def parse_args(argv=None):
     """-> (mode, Config). Flags left out take the mode's defaults (the paper's, or the demo's for `demo`)."""
     p = argparse.ArgumentParser(
         prog="drgrpo.py", description="Dr. GRPO (Liu et al. 2025) in one file. Modes: train (default), eval, demo.")
-    p.add_argument("mode", nargs="?", default="train", choices=["train", "eval", "demo", "data"],
+    p.add_argument("mode", nargs="?", default="train", choices=["train", "eval", "demo", "data", "plot"],
                    help="train: RL (defaults = the paper's recipe); eval: greedy accuracy of --model on --eval_data; "
                         "demo: offline tiny-model demo (its own defaults, shown in DEMO in the source); "
-                        "data: download the paper's training and evaluation sets into data/")
+                        "data: download the paper's training and evaluation sets into data/; "
+                        "plot RUN_DIR...: reward and correct/incorrect lengths of runs, as a PNG")
+    p.add_argument("runs", nargs="*", help="with `plot`: run directories (each with a metrics.jsonl)")
     parse_bool = lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[s.lower()]  # noqa: E731
     for f in fields(Config):
         kind = parse_bool if f.type in (bool, "bool") else type(f.default)
@@ -1130,18 +1176,22 @@ def parse_args(argv=None):
         p.add_argument(*names, dest=f.name, type=kind, default=argparse.SUPPRESS,
                        help=f"{f.metadata['help']} (default: {f.default})")
     given = vars(p.parse_args(argv))
-    mode = given.pop("mode")
+    mode, runs = given.pop("mode"), given.pop("runs")
+    if bool(runs) != (mode == "plot"):
+        p.error("run directories go with `plot`, and `plot` needs at least one")
     base = replace(Config(), **DEMO) if mode == "demo" else Config()
-    return mode, replace(base, **given)
+    return mode, replace(base, **given), runs
 
 
 def main(argv=None):
-    mode, cfg = parse_args(argv)
+    mode, cfg, runs = parse_args(argv)
     try:
         if mode == "eval":
             evaluate(cfg, out_dir=cfg.out_dir)
         elif mode == "data":
             download_data()
+        elif mode == "plot":
+            plot(runs)
         else:
             {"train": train, "demo": demo}[mode](cfg)
     except UserError as e:

@@ -82,3 +82,25 @@ def test_loss_and_update_identical_across_micro_batch_sizes(tiny, loss_agg):
         assert loss == pytest.approx(results[0][0], rel=1e-5, abs=1e-7)
         assert torch.allclose(params, results[0][1], atol=1e-6)
     assert not torch.equal(results[0][1], torch.cat([p.flatten() for p in model.parameters()]))
+
+
+def test_loss_push_shows_the_length_weighting(tiny):
+    # two wrong responses (advantage -1) of 4 and 12 tokens, one right (advantage +2) of 4 tokens
+    samples = [Sample([1], Completion([5] * n, "", False), r, a) for n, r, a in ((4, 0.0, -1.0), (12, 0.0, -1.0),
+                                                                                 (4, 1.0, 2.0))]
+    grpo = drgrpo.resolve(Config(algo="grpo", max_new_tokens=20))
+    dr = drgrpo.resolve(Config(algo="dr_grpo", max_new_tokens=20))
+    assert drgrpo.loss_push(samples, grpo) == pytest.approx((2 / 3, 2 / 3))  # each response 1/B, whatever its length
+    assert drgrpo.loss_push(samples, dr) == pytest.approx((2 * 4 / 60, (4 + 12) / 60))  # |A| x |o_i| / (B C)
+
+
+def test_plot_draws_runs(tiny, tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is an optional extra (make install brings it)")
+    runs = []
+    for name in ("dr_grpo", "grpo"):  # two short runs to draw
+        cfg = tiny_cfg(tiny, algo=name, out_dir=str(tmp_path / name))
+        train(cfg)
+        runs.append(cfg.out_dir)
+    drgrpo.main(["plot", *runs])
+    png = tmp_path / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -68,8 +68,8 @@ def train(algo, steps=300, n_questions=128, group_size=8, lr=0.01, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append({"len_correct": expected_length(s_right.item()), "len_incorrect": expected_length(s_wrong.item()),
-                        "accuracy": torch.sigmoid(a).mean().item()})
+        history.append({"len_correct": expected_length(s_right.item()),
+                        "len_incorrect": expected_length(s_wrong.item()), "accuracy": torch.sigmoid(a).mean().item()})
     return history
 
 

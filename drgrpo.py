@@ -106,6 +106,21 @@ class UserError(Exception):
     """A problem with the user's input (flag, file, line): printed as one line, exit code 2."""
 
 
+class TrainingStopped(Exception):
+    """Training cannot usefully go on (e.g. gradients keep being NaN); the weights were saved first. Exit code 3."""
+
+
+def check_writable(out_dir):
+    """Fail at start-up, not after an hour of training, when results could not be saved."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, ".write_test"), "w") as f:
+            f.write("x")
+        os.remove(os.path.join(out_dir, ".write_test"))
+    except OSError as e:
+        raise UserError(f"--out_dir {out_dir}: cannot write there ({e.strerror or e})") from None
+
+
 def resolve(cfg):
     """Fill the toggles from --algo and check flags before anything slow happens.
 
@@ -592,7 +607,7 @@ def chunks(xs, n):
     return [xs[i:i + n] for i in range(0, len(xs), n)]
 
 
-def optimizer_step(model, optimizer, batch, cfg, pad_id, autocast_dtype, ref_model=None):
+def optimizer_step(model, optimizer, batch, cfg, pad_id, autocast_dtype):
     """One optimizer step on one optimizer batch of samples, accumulated over micro-batches. Returns stats."""
     batch_seqs = len(batch)
     batch_tokens = sum(len(s.completion.token_ids) for s in batch)
@@ -623,7 +638,7 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, autocast_dtype, ref_mod
     else:  # a NaN/inf gradient would destroy the weights: skip this update, keep going
         print(f"warning: non-finite gradient norm ({grad_norm}); update skipped")
     optimizer.zero_grad(set_to_none=True)
-    stats["grad_norm"] = grad_norm
+    stats["grad_norm"], stats["skipped_updates"] = grad_norm, float(not math.isfinite(grad_norm))
     return stats
 
 
@@ -701,18 +716,13 @@ def load_model(path, device):
     return model, tokenizer
 
 
-def seed_everything(seed):
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train(cfg):
     """The R1-Zero loop: sample G responses per prompt, grade them, turn rewards into advantages, update. Returns
     the final checkpoint's path."""
     cfg = resolve(cfg)
-    data = load_jsonl(cfg.train_data)  # fail on bad data before loading any model
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    seed_everything(cfg.seed)
+    data = load_jsonl(cfg.train_data)  # fail on bad data, or an unwritable out_dir, before loading any model
+    check_writable(cfg.out_dir)
+    torch.manual_seed(cfg.seed)
     device, autocast_dtype = pick_device(cfg)
     model, tokenizer = load_model(cfg.model, device)
     if cfg.gradient_checkpointing:
@@ -742,7 +752,7 @@ def train(cfg):
     rng = random.Random(cfg.seed)
     from tqdm import tqdm
     bar = tqdm(range(1, cfg.steps + 1), desc=cfg.algo, dynamic_ncols=True)
-    ckpt = None
+    ckpt, bad_steps = None, 0
     for step in bar:
         t0 = time.time()
         # --- pick prompts: walk a shuffled copy of the data, reshuffling at each epoch
@@ -800,6 +810,11 @@ def train(cfg):
         bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['len_mean']:.0f}", loss=f"{m['loss']:.4f}")
         if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
             ckpt = save_checkpoint(model, tokenizer, os.path.join(cfg.out_dir, f"checkpoint-{step}"))
+        bad_steps = bad_steps + 1 if all(a["skipped_updates"] for a in agg) else 0
+        if bad_steps == 3:  # one NaN batch is noise; three steps in a row means the run is broken
+            ckpt = save_checkpoint(model, tokenizer, os.path.join(cfg.out_dir, f"checkpoint-{step}"))
+            raise TrainingStopped(f"step {step}: every update of the last 3 steps had a non-finite gradient and was "
+                                  f"skipped; the (unchanged) weights are saved in {ckpt}")
     print(f"metrics: {metrics_path}\ncheckpoint: {ckpt}")
     return ckpt
 
@@ -821,6 +836,8 @@ def evaluate(cfg, model=None, tokenizer=None, sampler=None, out_dir=None, quiet=
     files = [f for f in cfg.eval_data.split(",") if f]
     if not files:
         raise UserError("--eval_data: give at least one JSONL file")
+    if out_dir:
+        check_writable(out_dir)
     sets = {os.path.basename(f).rsplit(".", 1)[0]: load_jsonl(f, quiet)[:cfg.eval_size or None] for f in files}
     if model is None:
         model, tokenizer = load_model(cfg.model, pick_device(cfg)[0])
@@ -859,7 +876,6 @@ def evaluate(cfg, model=None, tokenizer=None, sampler=None, out_dir=None, quiet=
             print(f"{name:>16s} | {r.get('n_problems', ''):>5} | " + " | ".join(
                 f"{100 * r[c]:13.1f}%" if c != "len_mean" else f"{r[c]:14.1f}" for c in cols if c in r))
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "eval.json"), "w") as f:
             json.dump({"model": cfg.model, "template": cfg.template, "max_new_tokens": cfg.max_new_tokens,
                        "temperature": temperature, "results": results}, f, indent=2)
@@ -1197,6 +1213,9 @@ def main(argv=None):
     except UserError as e:
         print(f"drgrpo: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as e:
+        print(f"drgrpo: stopped: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

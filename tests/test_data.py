@@ -47,6 +47,7 @@ def test_missing_file():
     (["--algo", "ppo"], "--algo 'ppo'"),
     (["--train_batch_size", "100"], "does not divide a rollout"),
     (["--train_data", "missing.jsonl"], "missing.jsonl: no such file"),
+    (["--train_data", "data/arith_train.jsonl", "--out_dir", "README.md/run"], "--out_dir README.md/run: cannot write"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(flags, message):
     r = subprocess.run([sys.executable, "drgrpo.py", "train", *flags], capture_output=True, text=True, timeout=120)

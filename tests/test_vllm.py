@@ -83,21 +83,23 @@ def test_group_sampling_g_per_prompt_and_length_cutoff(tiny):
 
 
 def run_metrics(tiny, name, steps=3, **kw):
-    cfg = drgrpo.Config(model=tiny["model"], train_data=tiny["data"], out_dir=str(tiny["dir"] / name),
-                        sampler="vllm", group_size=4, prompts_per_rollout=4, max_new_tokens=16, lr=3e-2,
-                        train_batch_size=16, micro_batch_size=8, steps=steps, gradient_checkpointing=False,
-                        save_every=0, **kw)
+    cfg = drgrpo.Config(**{**dict(model=tiny["model"], train_data=tiny["data"], out_dir=str(tiny["dir"] / name),
+                                  sampler="vllm", group_size=4, prompts_per_rollout=4, max_new_tokens=16, lr=3e-2,
+                                  train_batch_size=16, micro_batch_size=8, steps=steps, gradient_checkpointing=False,
+                                  save_every=0), **kw})
     drgrpo.train(cfg)
     gc.collect()
     return [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]
 
 
 def test_training_stays_on_policy_and_drifts_without_sync(tiny, monkeypatch):
-    synced = run_metrics(tiny, "synced", steps=4)
+    # lr 3e-3: slow enough that groups stay mixed, so every step trains (a step with only all-equal groups trains
+    # no response and measures no gap)
+    synced = run_metrics(tiny, "synced", steps=4, lr=3e-3)
     gaps = [m["logprob_gap"] for m in synced]
     assert all(g < SYNC_TOL for g in gaps), gaps  # every rollout came from the policy being trained
     monkeypatch.setattr(drgrpo.VLLMSampler, "sync", lambda self, model: 0.0)  # control: never copy weights
-    stale = [m["logprob_gap"] for m in run_metrics(tiny, "stale", steps=4)]
+    stale = [m["logprob_gap"] for m in run_metrics(tiny, "stale", steps=4, lr=3e-3)]
     assert stale[0] < SYNC_TOL  # the first rollout is from the start weights either way
     assert all(g > 1e-3 for g in stale[1:]) and stale[-1] > stale[1], stale  # then the engine falls behind
     print(f"logprob gap per step: synced {gaps}, without sync {stale}")

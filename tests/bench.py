@@ -1,0 +1,335 @@
+"""make bench: drgrpo.py against TRL's GRPOTrainer (loss_type="dr_grpo") on the same work, on this machine's CPU.
+
+A benchmark, not a test: it prints a table and writes runs/bench/bench.json. Both systems get the same ~25M-parameter
+Qwen2 (hidden 512, 8 layers, random init), the same tokenizer, the same 8 MATH prompts in the qwen_math template, the
+same reward function, G=8, up to 128 new tokens, Dr. GRPO loss, beta 0, one optimizer step per rollout, fp32, no
+gradient checkpointing. Each configuration runs in its own process (so peak RSS is that system's alone), warms up,
+then reports the median of the measured steps.
+
+  python tests/bench.py                 # everything (~25 min on 2 cores)
+  python tests/bench.py --quick         # fewer steps and no scaling sweep (~5 min), for a smoke check
+  python tests/bench.py --worker ...    # one measurement (used internally)
+
+Why the model is random: timing needs the right shapes, not a good model. Two tweaks make the work realistic:
+- Response lengths vary: the EOS row of the (tied) embedding is scaled so that a response stops with a few percent
+  probability per token, giving lengths from a handful of tokens to the cap, as in real RL.
+- Rewards are mixed: reward = 1 when a hash of the response text falls under the question's pass rate (0/8 ... 8/8 of
+  the hash space, different per question), so some groups are all-correct or all-wrong, as in real training.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.chdir(ROOT)
+import drgrpo  # noqa: E402  (first: it sets the OpenMP/vLLM environment before torch is imported)
+import torch  # noqa: E402
+
+OUT = "runs/bench"
+MODEL = os.path.join(OUT, "model")
+TRAIN_SETS = ["data/train_math_lvl3to5.jsonl", "../shared/data/train_math_lvl3to5.jsonl"]
+PASS_RATES = [0, 1, 2, 4, 4, 6, 7, 8]  # of 8, per question: two questions always give all-equal groups
+EOS_SCALE = 6.0  # length of the EOS embedding row relative to the others (sets how soon responses stop)
+
+
+def math_rows():
+    for path in TRAIN_SETS:
+        if os.path.exists(path):
+            return [json.loads(line) for line in open(path)]
+    sys.exit("bench: needs the MATH training set for realistic prompts and a 8k-token BPE: run `make data` first "
+             f"(looked in {', '.join(TRAIN_SETS)})")
+
+
+def bench_reward(text, pass_rate):
+    """1.0 for a response whose text hashes under the question's pass rate (out of 8), else 0.0. Deterministic."""
+    return float(zlib.crc32(text.encode("utf-8", "replace")) % 8 < pass_rate)
+
+
+def build_model():
+    """The ~25M-parameter Qwen2 both systems train (cached in runs/bench/model)."""
+    if os.path.exists(os.path.join(MODEL, "config.json")):
+        return MODEL
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    rows = math_rows()
+    tokenizer = drgrpo.build_tokenizer([r["problem"] for r in rows], vocab_size=8192)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1280, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[tokenizer.eos_token_id] *= EOS_SCALE
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return drgrpo.save_checkpoint(model, tokenizer, MODEL)
+
+
+def prompt_rows():
+    """The 8 questions: fixed MATH problems, each with its pass rate carried in the `answer` field."""
+    rows = math_rows()[:len(PASS_RATES)]
+    return [{"problem": r["problem"], "answer": str(k)} for r, k in zip(rows, PASS_RATES)]
+
+
+def settings(G, max_new, sampler="hf", steps=6, micro_batch=16):
+    """drgrpo's Config for one measurement; TRL's arguments are derived from the same numbers in run_trl."""
+    return drgrpo.Config(
+        model=MODEL, template="qwen_math", train_data=os.path.join(OUT, "prompts.jsonl"), algo="dr_grpo",
+        out_dir=os.path.join(OUT, f"drgrpo-{sampler}-G{G}-T{max_new}"), group_size=G, prompts_per_rollout=8,
+        max_new_tokens=max_new, lr=1e-6, train_batch_size=8 * G, micro_batch_size=min(micro_batch, 8 * G),
+        sampler=sampler, steps=steps, save_every=0, gradient_checkpointing=False, seed=0)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_drgrpo(cfg):
+    """Whole RL steps through drgrpo.train, with the bench reward in place of the math verifier."""
+    drgrpo.grade = lambda response, gold, *a, **k: bench_reward(response, int(gold[0]))
+    drgrpo.train(cfg)
+    steps = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
+    return {"step_s": [m["step_s"] for m in steps], "update_s": [m["update_s"] for m in steps],
+            "sample_s": [m["sample_s"] for m in steps], "len_mean": [m["len_mean"] for m in steps],
+            "zero_std_group_frac": [m["zero_std_group_frac"] for m in steps]}
+
+
+def trl_args(cfg, out_dir):
+    from trl import GRPOConfig
+    return GRPOConfig(
+        output_dir=out_dir, per_device_train_batch_size=cfg.prompts_per_rollout * cfg.group_size,
+        gradient_accumulation_steps=1, num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens,
+        loss_type="dr_grpo", scale_rewards="none", beta=0.0, num_iterations=1, learning_rate=cfg.lr,
+        lr_scheduler_type="constant", warmup_steps=0, adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
+        weight_decay=0.0, max_grad_norm=cfg.grad_clip, epsilon=cfg.clip_eps_low, epsilon_high=cfg.clip_eps_high,
+        temperature=cfg.temperature, top_p=cfg.top_p, max_steps=cfg.steps, use_cpu=True, bf16=False,
+        gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], seed=cfg.seed,
+        disable_dropout=True, dataloader_num_workers=0, log_completions=False)
+
+
+def trl_trainer(cfg, out_dir):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+    rows = prompt_rows()
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
+    data = Dataset.from_list([{"prompt": drgrpo.apply_template(cfg.template, r["problem"]), "pass_rate": int(r["answer"])}
+                              for r in rows] * (cfg.steps + 1))
+
+    def reward(completions, pass_rate, **_):
+        return [bench_reward(c, k) for c, k in zip(completions, pass_rate)]
+    return GRPOTrainer(model=model, reward_funcs=reward, args=trl_args(cfg, out_dir), train_dataset=data,
+                       processing_class=tokenizer)
+
+
+def run_trl(cfg):
+    """Whole RL steps through GRPOTrainer.train(), timed by a callback from step begin to step end."""
+    from transformers import TrainerCallback
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            times.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            times[-1] = time.perf_counter() - times[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trl_trainer(cfg, tmp)
+        trainer.add_callback(Timer())
+        trainer.train()
+    return {"step_s": times}
+
+
+def fixed_rollout(cfg):
+    """One rollout both update phases train on: token ids from drgrpo's HF sampler (seeded), rewards, Dr. GRPO
+    advantages. Cached per (G, max_new) so every process sees the same numbers."""
+    path = os.path.join(OUT, f"rollout-G{cfg.group_size}-T{cfg.max_new_tokens}.json")
+    if not os.path.exists(path):
+        model, tokenizer = drgrpo.load_model(MODEL, "cpu")
+        rows = prompt_rows()
+        prompts = [drgrpo.apply_template(cfg.template, r["problem"]) for r in rows]
+        groups = drgrpo.HFSampler(model, tokenizer, cfg.template).generate(
+            prompts, cfg.group_size, cfg.max_new_tokens, seed=1)
+        rewards = torch.tensor([[bench_reward(c.text, int(r["answer"])) for c in g] for r, g in zip(rows, groups)])
+        advantages = drgrpo.group_advantages(rewards, "none")
+        roll = {"prompt_ids": tokenizer(prompts, add_special_tokens=False)["input_ids"],
+                "completions": [[c.token_ids for c in g] for g in groups],
+                "rewards": rewards.tolist(), "advantages": advantages.tolist()}
+        with open(path, "w") as f:
+            json.dump(roll, f)
+    return json.load(open(path))
+
+
+def drgrpo_samples(roll):
+    return [drgrpo.Sample(p, drgrpo.Completion(ids, "", False), r, a)
+            for p, g, rs, adv in zip(roll["prompt_ids"], roll["completions"], roll["rewards"], roll["advantages"])
+            for ids, r, a in zip(g, rs, adv)]
+
+
+def trl_inputs(roll, pad_id):
+    """The batch GRPOTrainer builds after generation: left-padded prompts, right-padded completions, masks."""
+    prompts = [p for p, g in zip(roll["prompt_ids"], roll["completions"]) for _ in g]
+    comps = [c for g in roll["completions"] for c in g]
+    P, T = max(map(len, prompts)), max(map(len, comps))
+    prompt_ids = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts])
+    prompt_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    completion_ids = torch.tensor([c + [pad_id] * (T - len(c)) for c in comps])
+    completion_mask = torch.tensor([[1] * len(c) + [0] * (T - len(c)) for c in comps])
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+            "completion_mask": completion_mask, "advantages": torch.tensor([a for g in roll["advantages"] for a in g]),
+            "num_items_in_batch": completion_mask.sum()}
+
+
+def update_drgrpo(cfg, reps):
+    """drgrpo's update phase alone, `reps` times on the same rollout: -> seconds per update, losses."""
+    cfg = drgrpo.resolve(cfg)
+    roll = fixed_rollout(cfg)
+    model, tokenizer = drgrpo.load_model(MODEL, "cpu")
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=0.0)
+    times, losses = [], []
+    for _ in range(reps):
+        samples = drgrpo_samples(roll)
+        t = time.perf_counter()
+        stats = drgrpo.optimizer_step(model, optimizer, samples, cfg, tokenizer.pad_token_id, None)
+        times.append(time.perf_counter() - t)
+        losses.append(stats["loss"])
+    return {"update_s": times, "loss": losses}
+
+
+def update_trl(cfg, reps):
+    """GRPOTrainer's update phase alone on the same rollout: its compute_loss, backward, clip, optimizer step."""
+    roll = fixed_rollout(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trl_trainer(cfg, tmp)
+        model = trainer.model
+        optimizer = trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this bypasses
+        inputs = trl_inputs(roll, trainer.processing_class.pad_token_id)
+        times, losses = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            model.train()
+            loss = trainer.compute_loss(model, inputs)
+            trainer.accelerator.backward(loss)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t)
+            losses.append(loss.item())
+    return {"update_s": times, "loss": losses}
+
+
+def worker(system, what, G, max_new, sampler, steps):
+    build_model()
+    with open(os.path.join(OUT, "prompts.jsonl"), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in prompt_rows()))
+    cfg = settings(G, max_new, sampler, steps)
+    if what == "step":
+        out = run_drgrpo(cfg) if system == "drgrpo" else run_trl(cfg)
+    else:
+        out = (update_drgrpo if system == "drgrpo" else update_trl)(cfg, steps)
+    out["peak_rss_mb"] = peak_rss_mb()
+    print("BENCH " + json.dumps(out))
+
+
+def measure(system, what, G=8, max_new=128, sampler="hf", steps=6, warmup=1):
+    """Run one worker in a fresh process; -> median seconds over the steps after warm-up, and its peak RSS."""
+    cmd = [sys.executable, __file__, "--worker", system, what, str(G), str(max_new), sampler, str(steps + warmup)]
+    t = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("BENCH ")]
+    if proc.returncode or not line:
+        sys.exit(f"bench: {' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(line[-1][6:])
+    key = "step_s" if what == "step" else "update_s"
+    out["median_s"] = statistics.median(out[key][warmup:])
+    print(f"  {system:>6s} {what:>6s} G={G:<2d} max_new={max_new:<3d} sampler={sampler:<4s} "
+          f"median {out['median_s']:6.2f} s  peak RSS {out['peak_rss_mb']:5.0f} MB  ({time.time() - t:.0f} s)",
+          flush=True)
+    return out
+
+
+def matmul_peak_gflops(n=1024, reps=20):
+    """This CPU's fp32 matmul throughput (the roofline for MFU), measured on square n x n products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="3 measured steps, no scaling sweep")
+    p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        system, what, G, max_new, sampler, steps = args.worker
+        return worker(system, what, int(G), int(max_new), sampler, int(steps))
+    build_model()
+    steps = 3 if args.quick else 5
+    model, _ = drgrpo.load_model(MODEL, "cpu")
+    n_params = sum(p.numel() for p in model.parameters())
+    del model
+    res = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+           "matmul_peak_gflops": matmul_peak_gflops(), "params": n_params, "steps_measured": steps}
+    print(f"bench: {n_params / 1e6:.1f}M-param Qwen2, 8 prompts, G=8, max 128 new tokens; {res['machine']}; "
+          f"fp32 matmul peak {res['matmul_peak_gflops']:.0f} GFLOP/s")
+    m = lambda *a, **k: measure(*a, steps=steps, **k)  # noqa: E731
+    res["update"] = {s: m(s, "update") for s in ("drgrpo", "trl")}
+    res["step_hf"] = {s: m(s, "step") for s in ("drgrpo", "trl")}
+    res["step_fastest"] = {"drgrpo": m("drgrpo", "step", sampler="vllm"), "trl": res["step_hf"]["trl"]}
+    roll = fixed_rollout(settings(8, 128))
+    trained = sum(len(c) for g, a in zip(roll["completions"], roll["advantages"]) for c, x in zip(g, a) if x != 0)
+    total = sum(len(c) for g in roll["completions"] for c in g)
+    res["update_tokens"], res["update_trained_tokens"] = total, trained
+    for s in ("drgrpo", "trl"):  # model FLOPs: 6 x params x response tokens (the update's useful work)
+        res["update"][s]["mfu"] = 6 * n_params * total / res["update"][s]["median_s"] / 1e9 / res["matmul_peak_gflops"]
+    if not args.quick:
+        res["scale_G"] = {G: {s: m(s, "step", G=G) for s in ("drgrpo", "trl")} for G in (4, 16)}
+        res["scale_G"][8] = res["step_hf"]
+        res["scale_T"] = {T: {s: m(s, "step", max_new=T) for s in ("drgrpo", "trl")} for T in (64, 256)}
+        res["scale_T"][128] = res["step_hf"]
+    report(res)
+    with open(os.path.join(OUT, "bench.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"wrote {os.path.join(OUT, 'bench.json')}")
+
+
+def report(res):
+    ratio = lambda k: res[k]["drgrpo"]["median_s"] / res[k]["trl"]["median_s"]  # noqa: E731
+    print(f"\n{'median seconds':<44s} {'drgrpo':>8s} {'TRL':>8s} {'ratio':>6s}")
+    rows = [("update phase alone, identical rollout", "update"), ("whole step, HF generate in both", "step_hf"),
+            ("whole step, fastest sampler (vLLM | HF)", "step_fastest")]
+    for name, k in rows:
+        print(f"{name:<44s} {res[k]['drgrpo']['median_s']:8.2f} {res[k]['trl']['median_s']:8.2f} {ratio(k):6.2f}")
+    rss = {s: max(res[k][s]["peak_rss_mb"] for k in ("update", "step_hf")) for s in ("drgrpo", "trl")}
+    print(f"{'peak RSS, MB (HF-sampler runs)':<44s} {rss['drgrpo']:8.0f} {rss['trl']:8.0f} "
+          f"{rss['drgrpo'] / rss['trl']:6.2f}")
+    print(f"{'update MFU (6 x params x tokens / peak)':<44s} {100 * res['update']['drgrpo']['mfu']:7.1f}% "
+          f"{100 * res['update']['trl']['mfu']:7.1f}%")
+    print(f"update batch: {res['update_tokens']} response tokens, {res['update_trained_tokens']} with a nonzero "
+          "advantage")
+    for key, name in (("scale_G", "G"), ("scale_T", "max_new")):
+        if key in res:
+            print(f"whole step vs {name}: " + ", ".join(
+                f"{v}: {res[key][v]['drgrpo']['median_s']:.1f} / {res[key][v]['trl']['median_s']:.1f} s"
+                for v in sorted(res[key])) + "  (drgrpo / TRL)")
+
+
+if __name__ == "__main__":
+    main()

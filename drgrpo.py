@@ -221,21 +221,22 @@ def extract_answer(response, template):
 
 
 def load_jsonl(path, quiet=False):
-    """Read problems; blank answers are skipped (the paper's training set has 2), errors name file:line.
+    """Read problems; errors name file:line. Skipped, and counted: rows with a blank answer (the paper's training set
+    has 2) and repeats of an earlier problem (same text after strip; it has 1), which would count twice in an eval.
 
     Returns a list of {"problem": str, "golds": [str, ...]}.
     """
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
-    rows, blank = [], 0
-    with open(path, encoding="utf-8") as f:
+    rows, blank, repeats = {}, 0, 0  # rows: stripped problem text -> row
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is reported with its number, like bad JSON
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError: "'utf-8' codec can't decode byte..."
+                raise UserError(f"{path}:{n}: invalid JSON ({getattr(e, 'msg', e)})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
             for key in ("problem", "answer"):
@@ -246,16 +247,18 @@ def load_jsonl(path, quiet=False):
             extra = row.get("answers") or []
             if not isinstance(extra, list):
                 raise UserError(f"{path}:{n}: field 'answers' must be a list")
+            if not all(g is None or type(g) in (str, int, float) for g in [row["answer"], *extra]):
+                raise UserError(f"{path}:{n}: an answer must be a string or a number")
             golds = [str(g).strip() for g in [row["answer"], *extra] if g is not None and str(g).strip()]
-            if not golds:
-                blank += 1
-                continue
-            rows.append({"problem": row["problem"], "golds": list(dict.fromkeys(golds))})
+            blank += not golds
+            if golds:  # a repeat of an earlier problem is counted, and the first kept
+                repeats += row["problem"].strip() in rows
+                rows.setdefault(row["problem"].strip(), {"problem": row["problem"], "golds": [*dict.fromkeys(golds)]})
     if not rows:
         raise UserError(f"{path}: no usable rows (empty file, or every answer is blank)")
-    if blank and not quiet:
-        print(f"{path}: skipped {blank} rows with a blank answer")
-    return rows
+    if (blank or repeats) and not quiet:
+        print(f"{path}: skipped {blank} rows with a blank answer and {repeats} repeats of an earlier problem")
+    return list(rows.values())
 
 
 # -----------------------------------------------------------------------------------------------------------------

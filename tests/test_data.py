@@ -75,6 +75,7 @@ def test_missing_file():
     (["--algo", "ppo"], "--algo 'ppo'"),
     (["--train_batch_size", "100"], "does not divide a rollout"),
     (["--micro_batch_size", "3"], "--train_batch_size 128 is not a multiple of --micro_batch_size 3"),
+    (["--grade_timeout", "0"], "--grade_timeout > 0"), (["--grade_workers", "0"], "--grade_workers must be >= 1"),
     (["--train_data", "missing.jsonl"], "missing.jsonl: no such file"),
     (["--train_data", "data/arith_train.jsonl", "--out_dir", "README.md/run"], "--out_dir README.md/run: cannot write"),
 ])

@@ -41,7 +41,7 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
     records = [json.loads(line) for line in open(out / "eval_responses.jsonl")]
     for name in ("set_a", "set_b"):
         mine = [r for r in records if r["benchmark"] == name]
-        assert len(mine) == 20 and all(len(r["responses"]) == n for r in mine)
+        assert len(mine) == 20 and all(len(r["responses"]) == n for r in mine) and results[name]["grade_failures"] == 0
         grades = [[x["grade"] for x in r["responses"]] for r in mine]
         assert results[name]["accuracy"] == pytest.approx(sum(map(sum, grades)) / (20 * n))
         tokens = [x["tokens"] for r in mine for x in r["responses"]]

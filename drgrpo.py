@@ -341,25 +341,29 @@ def grade_batch(items, workers=4, timeout=10.0):
     GRADERS[:] = [g for g in GRADERS if g[0].is_alive()]
     GRADERS.extend(start_grader() for _ in range(workers - len(GRADERS)))
     grades, failed, todo, busy = [0.0] * len(items), 0, list(range(len(items)))[::-1], {}  # busy: worker -> item
-    while todo or busy:
-        for w in range(workers):
-            if w not in busy and todo:
-                busy[w] = todo.pop(), time.monotonic() + timeout
-                GRADERS[w][1].send(items[busy[w][0]])
-        ready = multiprocessing.connection.wait([GRADERS[w][1] for w in busy],
-                                                max(0, min(d for _, d in busy.values()) - time.monotonic()))
-        for w, (i, deadline) in list(busy.items()):
-            proc, conn = GRADERS[w]
-            if conn not in ready and time.monotonic() < deadline:
-                continue
-            del busy[w]
-            try:
-                grades[i] = conn.recv() if conn in ready else None
-            except (EOFError, OSError):  # the worker died (out of memory, say)
-                grades[i] = None
-            if grades[i] is None:
-                proc.kill(), proc.join(), conn.close()
-                GRADERS[w], grades[i], failed = start_grader(), 0.0, failed + 1
+    try:
+        while todo or busy:
+            for w in range(workers):
+                if w not in busy and todo:
+                    busy[w] = todo.pop(), time.monotonic() + timeout
+                    GRADERS[w][1].send(items[busy[w][0]])
+            ready = multiprocessing.connection.wait([GRADERS[w][1] for w in busy],
+                                                    max(0, min(d for _, d in busy.values()) - time.monotonic()))
+            for w, (i, deadline) in list(busy.items()):
+                proc, conn = GRADERS[w]
+                if conn not in ready and time.monotonic() < deadline:
+                    continue
+                del busy[w]
+                try:
+                    grades[i] = conn.recv() if conn in ready else None
+                except (EOFError, OSError):  # the worker died (out of memory, say)
+                    grades[i] = None
+                if grades[i] is None:
+                    proc.kill(), proc.join(), conn.close()
+                    GRADERS[w], grades[i], failed = start_grader(), 0.0, failed + 1
+    except BaseException:  # interrupted (Ctrl-C): a busy worker would answer the next batch with this one's grade
+        [proc.kill() for proc, _ in GRADERS], GRADERS.clear()
+        raise
     return grades, failed
 
 

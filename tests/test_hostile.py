@@ -129,6 +129,27 @@ def test_a_stuck_worker_is_killed_and_replaced():
     assert grade_batch([right, wrong], workers=2, timeout=TIMEOUT) == ([1.0, 0.0], 0)  # the new worker grades
 
 
+def test_an_interrupted_batch_leaves_no_stale_answer_for_the_next(monkeypatch):
+    right, wrong = (r"\boxed{4}", "4", "qwen_math"), (r"\boxed{5}", "4", "qwen_math")
+    grade_batch([right], workers=2, timeout=TIMEOUT)
+    old = [proc for proc, _ in drgrpo.GRADERS]
+
+    real_wait = drgrpo.multiprocessing.connection.wait
+
+    def interrupted_wait(objects, timeout=None):  # Ctrl-C in grade_batch's wait, when both items have been sent
+        if any(isinstance(o, drgrpo.multiprocessing.connection.Connection) for o in objects):
+            raise KeyboardInterrupt
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(drgrpo.multiprocessing.connection, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        grade_batch([right, right], workers=2, timeout=TIMEOUT)
+    monkeypatch.undo()
+    assert grade_batch([wrong, wrong], workers=2, timeout=TIMEOUT) == ([0.0, 0.0], 0)  # not the 1.0s sent before
+    [proc.join(5) for proc in old]
+    assert [proc.exitcode for proc in old] == [-signal.SIGKILL] * 2
+
+
 def benign_items(rng, n):
     """Responses to the demo's test problems, right and wrong, in several forms and both answer formats."""
     rows = [json.loads(line) for line in open(drgrpo.DEMO_DATA["test"][0])]

@@ -147,7 +147,7 @@ def test_an_interrupted_batch_leaves_no_stale_answer_for_the_next(monkeypatch):
     monkeypatch.undo()
     assert grade_batch([wrong, wrong], workers=2, timeout=TIMEOUT) == ([0.0, 0.0], 0)  # not the 1.0s sent before
     [proc.join(5) for proc in old]
-    assert [proc.exitcode for proc in old] == [-signal.SIGKILL] * 2
+    assert old and [proc.exitcode for proc in old] == [-signal.SIGKILL] * len(old)  # every worker, busy or not
 
 
 def benign_items(rng, n):

@@ -30,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import argparse
 import json
 import math
+import multiprocessing.connection
 import random
 import shutil
 import sys
@@ -91,6 +92,8 @@ class Config:
     r1_strict: bool = knob(True, "r1 template: grade 0 unless the response has '</think> <answer>' (paper's rule)")
     eval_n: int = knob(1, "with `eval`: 1 = greedy (paper); K > 1 samples K at --temperature and adds pass@k", "n")
     eval_every: int = knob(0, "during training: evaluate --eval_data every N steps into metrics.jsonl (0 = never)")
+    grade_workers: int = knob(4, "processes that grade responses, apart from this one (model output is untrusted)")
+    grade_timeout: float = knob(10.0, "seconds per response: a grader past it is killed and the response scores 0")
 
 
 ALGO_PRESETS = {  # algo -> (adv_norm, loss_agg)
@@ -140,6 +143,7 @@ def resolve(cfg):
         (cfg.dtype in ("auto", "fp32", "bf16"), f"--dtype {cfg.dtype!r}: choose auto, fp32 or bf16"),
         (cfg.group_size >= 2, f"--group_size {cfg.group_size}: a group needs at least 2 responses to have a baseline"),
         (cfg.max_new_tokens >= 1, f"--max_new_tokens {cfg.max_new_tokens}: must be at least 1"),
+        (cfg.grade_workers >= 1 and cfg.grade_timeout > 0, "--grade_workers must be >= 1 and --grade_timeout > 0"),
         (cfg.micro_batch_size >= 1 and cfg.train_batch_size >= 1, "--train_batch_size/--micro_batch_size must be >= 1"),
         (cfg.train_batch_size % cfg.micro_batch_size == 0,
          f"--train_batch_size {cfg.train_batch_size} is not a multiple of --micro_batch_size {cfg.micro_batch_size}"),
@@ -221,21 +225,22 @@ def extract_answer(response, template):
 
 
 def load_jsonl(path, quiet=False):
-    """Read problems; blank answers are skipped (the paper's training set has 2), errors name file:line.
+    """Read problems; errors name file:line. Skipped, and counted: rows with a blank answer (the paper's training set
+    has 2) and repeats of an earlier problem (same text after strip; it has 1), which would count twice in an eval.
 
     Returns a list of {"problem": str, "golds": [str, ...]}.
     """
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
-    rows, blank = [], 0
-    with open(path, encoding="utf-8") as f:
+    rows, blank, repeats = {}, 0, 0  # rows: stripped problem text -> row
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is reported with its number, like bad JSON
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError: "'utf-8' codec can't decode byte..."
+                raise UserError(f"{path}:{n}: invalid JSON ({getattr(e, 'msg', e)})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
             for key in ("problem", "answer"):
@@ -246,16 +251,18 @@ def load_jsonl(path, quiet=False):
             extra = row.get("answers") or []
             if not isinstance(extra, list):
                 raise UserError(f"{path}:{n}: field 'answers' must be a list")
+            if not all(g is None or type(g) in (str, int, float) for g in [row["answer"], *extra]):
+                raise UserError(f"{path}:{n}: an answer must be a string or a number")
             golds = [str(g).strip() for g in [row["answer"], *extra] if g is not None and str(g).strip()]
-            if not golds:
-                blank += 1
-                continue
-            rows.append({"problem": row["problem"], "golds": list(dict.fromkeys(golds))})
+            blank += not golds
+            if golds:  # a repeat of an earlier problem is counted, and the first kept
+                repeats += row["problem"].strip() in rows
+                rows.setdefault(row["problem"].strip(), {"problem": row["problem"], "golds": [*dict.fromkeys(golds)]})
     if not rows:
         raise UserError(f"{path}: no usable rows (empty file, or every answer is blank)")
-    if blank and not quiet:
-        print(f"{path}: skipped {blank} rows with a blank answer")
-    return rows
+    if (blank or repeats) and not quiet:
+        print(f"{path}: skipped {blank} rows with a blank answer and {repeats} repeats of an earlier problem")
+    return list(rows.values())
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -295,10 +302,76 @@ def grade(response, gold, template, truncated=False, r1_strict=True):
     if truncated or (template == "r1" and r1_strict and "</think> <answer>" not in response):
         return 0.0
     pred = extract_answer(response, template)
-    if pred is None:
+    # math-verify's time grows with its input, and no right answer is this long (the paper's longest gold has 204
+    # characters): a longer one scores 0 before it reaches the parser.
+    if pred is None or len(pred) > 1000:
         return 0.0
     golds = [gold] if isinstance(gold, str) else gold
     return 1.0 if any(math_equal(pred, g) for g in golds) else 0.0
+
+
+def grade_worker(conn):
+    """A grading process: grade(*args) for each args tuple that arrives on `conn`, the grade sent back."""
+    import logging
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # its timeout warnings quote the whole answer
+    while True:
+        conn.send(grade(*conn.recv()))
+
+
+GRADERS = []  # [process, connection] per grading worker, kept between batches
+
+
+def start_grader():
+    # forkserver: a worker is forked from a server process that imported this file and math-verify once (~2 s), so a
+    # new one costs a fork, not an import; and never from this process, whose vLLM threads would not survive a fork.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", __name__, "math_verify"])
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=grade_worker, args=(theirs,), daemon=True)
+    proc.start(), theirs.close()  # closed here, so a worker that dies is seen at once (EOF)
+    return [proc, ours]
+
+
+def grade_batch(items, workers=4, timeout=10.0):
+    """grade(*args) for each args tuple of `items`, in `workers` processes. math-verify can take minutes on a hostile
+    response, and its signal-based timeout cannot stop everything (nor runs outside the main thread), so a response
+    not graded within `timeout` seconds scores 0 and its worker is killed (SIGKILL) and replaced.
+    -> (grades, how many responses timed out or crashed their worker)
+    """
+    GRADERS[:] = [g for g in GRADERS if g[0].is_alive()]
+    GRADERS.extend(start_grader() for _ in range(workers - len(GRADERS)))
+    grades, failed, todo, busy = [0.0] * len(items), 0, list(range(len(items)))[::-1], {}  # busy: worker -> item
+    try:
+        while todo or busy:
+            for w in range(workers):
+                if w not in busy and todo:
+                    busy[w] = todo.pop(), time.monotonic() + timeout
+                    GRADERS[w][1].send(items[busy[w][0]])
+            ready = multiprocessing.connection.wait([GRADERS[w][1] for w in busy],
+                                                    max(0, min(d for _, d in busy.values()) - time.monotonic()))
+            for w, (i, deadline) in list(busy.items()):
+                proc, conn = GRADERS[w]
+                if conn not in ready and time.monotonic() < deadline:
+                    continue
+                del busy[w]
+                try:
+                    grades[i] = conn.recv() if conn in ready else None
+                except (EOFError, OSError):  # the worker died (out of memory, say)
+                    grades[i] = None
+                if grades[i] is None:
+                    proc.kill(), proc.join(), conn.close()
+                    GRADERS[w], grades[i], failed = start_grader(), 0.0, failed + 1
+    except BaseException:  # interrupted (Ctrl-C): a busy worker would answer the next batch with this one's grade
+        [proc.kill() for proc, _ in GRADERS], GRADERS.clear()
+        raise
+    return grades, failed
+
+
+def grade_groups(cfg, rows, groups):
+    """Grades of each row's responses (a list per row), graded by grade_batch, and how many failed."""
+    flat, failed = grade_batch([(c.text, r["golds"], cfg.template, c.truncated, cfg.r1_strict)
+                                for r, g in zip(rows, groups) for c in g], cfg.grade_workers, cfg.grade_timeout)
+    return torch.tensor(flat).view(len(groups), -1).tolist(), failed
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -699,7 +772,7 @@ def rollout_metrics(groups, rewards):
         "accuracy": mean([float(x > 0) for x in r]),
         "len_mean": mean(lens), "len_correct": mean(right), "len_incorrect": mean(wrong),
         "truncated_frac": mean([float(c.truncated) for c in flat]),
-        "zero_std_group_frac": (rewards.std(dim=1) == 0).float().mean().item(),  # these groups teach nothing
+        "zero_std_group_frac": (rewards.std(dim=1, correction=0) == 0).float().mean().item(),  # these teach nothing
         "all_correct_group_frac": (rewards.min(dim=1).values > 0).float().mean().item(),
         "all_wrong_group_frac": (rewards.max(dim=1).values <= 0).float().mean().item(),
     }
@@ -799,8 +872,8 @@ def train(cfg):
                                   seed=cfg.seed * 100003 + step)
         t_sample = time.time()
         # --- grade: verifiable 0/1 reward
-        rewards = torch.tensor([[grade(c.text, p["golds"], cfg.template, c.truncated, cfg.r1_strict) for c in g]
-                                for p, g in zip(batch, groups)])
+        grades, grade_failures = grade_groups(cfg, batch, groups)
+        rewards = torch.tensor(grades)
         advantages = group_advantages(rewards, cfg.adv_norm)
         t_reward = time.time()
         # --- build training samples
@@ -834,7 +907,7 @@ def train(cfg):
              "sample_s": t_sample - t0, "reward_s": t_reward - t_sample, "update_s": t_end - t_reward,
              "sync_s": sync_s, "step_s": t_end - t0, "tokens_per_s": gen_tokens / (t_end - t0),
              "logprob_gap": torch.cat(gaps).mean().item() if gaps else None,
-             "push_correct": push_correct, "push_incorrect": push_incorrect}
+             "push_correct": push_correct, "push_incorrect": push_incorrect, "grade_failures": grade_failures}
         if cfg.eval_every and step % cfg.eval_every == 0:  # held-out numbers, same sampler and grader as `eval`
             for name, r in evaluate(cfg, model, tokenizer, sampler, quiet=True).items():
                 m.update({f"eval/{name}/{k}": r[k] for k in ("accuracy", "len_mean", "truncated_frac")})
@@ -882,22 +955,18 @@ def evaluate(cfg, model=None, tokenizer=None, sampler=None, out_dir=None, quiet=
     for name, rows in sets.items():
         prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
         groups = sampler.generate(prompts, n, cfg.max_new_tokens, temperature, cfg.top_p, seed=cfg.seed)
-        grades = [[grade(c.text, r["golds"], cfg.template, c.truncated, cfg.r1_strict) for c in g]
-                  for g, r in zip(groups, rows)]
-        flat = [(c, x) for g, gr in zip(groups, grades) for c, x in zip(g, gr)]
-        right = [len(c.token_ids) for c, x in flat if x > 0]
-        wrong = [len(c.token_ids) for c, x in flat if x <= 0]
+        grades, failed = grade_groups(cfg, rows, groups)
+        if failed and not quiet:
+            print(f"warning: {name}: {failed} responses scored 0 because grading took over --grade_timeout or crashed")
+        m = rollout_metrics(groups, torch.tensor(grades))  # the training-time definitions, on these responses
         results[name] = {
-            "n_problems": len(rows), "samples_per_problem": n, "accuracy": sum(x for _, x in flat) / len(flat),
-            "len_mean": sum(len(c.token_ids) for c, _ in flat) / len(flat),
-            "len_correct": sum(right) / len(right) if right else None,
-            "len_incorrect": sum(wrong) / len(wrong) if wrong else None,
-            "truncated_frac": sum(c.truncated for c, _ in flat) / len(flat),
+            "n_problems": len(rows), "samples_per_problem": n, "grade_failures": failed,
+            **{k: m[k] for k in ("accuracy", "len_mean", "len_correct", "len_incorrect", "truncated_frac")},
             **{f"pass@{k}": sum(pass_at_k(n, int(sum(gr)), k) for gr in grades) / len(rows) for k in ks if k > 1}}
         records += [{"benchmark": name, "problem": r["problem"], "golds": r["golds"],
                      "responses": [{"text": c.text, "grade": x, "tokens": len(c.token_ids), "truncated": c.truncated}
                                    for c, x in zip(g, gr)]} for r, g, gr in zip(rows, groups, grades)]
-    keys = [k for k in results[next(iter(results))] if k not in ("n_problems", "samples_per_problem")]
+    keys = [k for k in results[next(iter(results))] if k not in ("n_problems", "samples_per_problem", "grade_failures")]
     results["average"] = {k: sum(r[k] or 0 for r in results.values()) / len(sets) for k in keys
                           if all(r[k] is not None for r in results.values())}
     if not quiet:

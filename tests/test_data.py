@@ -11,8 +11,13 @@ from drgrpo import DEMO_DATA, UserError, load_jsonl, make_demo_data
 
 def write(tmp_path, text, name="d.jsonl"):
     p = tmp_path / name
-    p.write_text(text)
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
     return str(p)
+
+
+def cli(*args):
+    r = subprocess.run([sys.executable, "drgrpo.py", *args], capture_output=True, text=True, timeout=120)
+    return r, [line for line in r.stderr.splitlines() if line.startswith("drgrpo: error:")]
 
 
 def test_good_file_blank_answers_skipped_and_extra_golds(tmp_path, capsys):
@@ -23,6 +28,17 @@ def test_good_file_blank_answers_skipped_and_extra_golds(tmp_path, capsys):
     assert "skipped 1 rows with a blank answer" in capsys.readouterr().out
 
 
+def test_repeated_problems_are_skipped_and_counted(tmp_path, capsys):
+    p = write(tmp_path, '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": "2"}\n'
+                        '{"problem": " a\\n", "answer": "3"}\n{"problem": "a", "answer": "1"}\n'
+                        '{"problem": "A", "answer": 4}\n')
+    assert load_jsonl(p) == [{"problem": "a", "golds": ["1"]}, {"problem": "b", "golds": ["2"]},
+                             {"problem": "A", "golds": ["4"]}]  # the first is kept; text differing in case is new
+    assert "skipped 0 rows with a blank answer and 2 repeats of an earlier problem" in capsys.readouterr().out
+    load_jsonl(p, quiet=True)
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.parametrize("text,message", [
     ('{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n', "d.jsonl:2: invalid JSON"),
     ('{"problem": "a"}\n', "d.jsonl:1: missing field 'answer'"),
@@ -30,10 +46,22 @@ def test_good_file_blank_answers_skipped_and_extra_golds(tmp_path, capsys):
     ('{"problem": 3, "answer": "1"}\n', "d.jsonl:1: field 'problem' must be a string"),
     ('[1, 2]\n', "d.jsonl:1: expected a JSON object"),
     ('', "no usable rows"),
+    ('{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": {"x": 1}}\n', "d.jsonl:2: an answer must be a"),
+    ('{"problem": "a", "answer": ["1"]}\n', "d.jsonl:1: an answer must be a string or a number"),
+    ('{"problem": "a", "answer": true}\n', "d.jsonl:1: an answer must be a string or a number"),
+    ('{"problem": "a", "answer": "1", "answers": [{"x": 1}]}\n', "d.jsonl:1: an answer must be"),
+    ('{"problem": "a", "answer": "1", "answers": "2"}\n', "d.jsonl:1: field 'answers' must be a list"),
+    ('{"problem": "a", "answer": " "}\n{"problem": "b", "answer": null}\n', "no usable rows"),
+    (b'{"problem": "a", "answer": "1"}\n{"problem": "b\xff", "answer": "1"}\n', "d.jsonl:2: invalid JSON .*utf-8"),
 ])
 def test_bad_files_name_the_line(tmp_path, text, message):
     with pytest.raises(UserError, match=message):
         load_jsonl(write(tmp_path, text))
+
+
+def test_numbers_are_accepted_as_answers(tmp_path):
+    assert load_jsonl(write(tmp_path, '{"problem": "a", "answer": 142, "answers": [142.0]}\n')) == \
+        [{"problem": "a", "golds": ["142", "142.0"]}]
 
 
 def test_missing_file():
@@ -46,14 +74,36 @@ def test_missing_file():
     (["--group_size", "1"], "--group_size 1"),
     (["--algo", "ppo"], "--algo 'ppo'"),
     (["--train_batch_size", "100"], "does not divide a rollout"),
+    (["--micro_batch_size", "3"], "--train_batch_size 128 is not a multiple of --micro_batch_size 3"),
+    (["--grade_timeout", "0"], "--grade_timeout > 0"), (["--grade_workers", "0"], "--grade_workers must be >= 1"),
     (["--train_data", "missing.jsonl"], "missing.jsonl: no such file"),
     (["--train_data", "data/arith_train.jsonl", "--out_dir", "README.md/run"], "--out_dir README.md/run: cannot write"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(flags, message):
-    r = subprocess.run([sys.executable, "drgrpo.py", "train", *flags], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    lines = [line for line in r.stderr.splitlines() if line.startswith("drgrpo: error:")]
-    assert len(lines) == 1 and message in lines[0]
+    r, lines = cli("train", *flags)
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0]
+
+
+@pytest.mark.parametrize("mode,text,message", [
+    ("train", "", "d.jsonl: no usable rows"),
+    ("train", '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n', "d.jsonl:2: invalid JSON"),
+    ("train", '{"answer": "1"}\n', "d.jsonl:1: missing field 'problem'"),
+    ("train", '{"problem": ["a"], "answer": "1"}\n', "d.jsonl:1: field 'problem' must be a string"),
+    ("train", '{"problem": "a", "answer": {"x": 1}}\n', "d.jsonl:1: an answer must be a string or a number"),
+    ("eval", '{"problem": "a"}\n', "d.jsonl:1: missing field 'answer'"),
+    ("eval", b'{"problem": "\xc3", "answer": "1"}\n', "d.jsonl:1: invalid JSON ('utf-8' codec can't decode"),
+])
+def test_bad_data_through_the_cli_is_one_line_and_exit_2(tmp_path, mode, text, message):
+    r, lines = cli(mode, f"--{mode}_data", write(tmp_path, text), "--out_dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_cli_says_what_it_skipped_before_anything_slow(tmp_path):
+    p = write(tmp_path, '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": ""}\n'
+                        '{"problem": "a ", "answer": "1"}\n')
+    r, lines = cli("train", "--train_data", p, "--out_dir", "README.md/run")  # stops at the unwritable out_dir
+    assert r.returncode == 2 and len(lines) == 1 and "--out_dir README.md/run" in lines[0]
+    assert f"{p}: skipped 1 rows with a blank answer and 1 repeats of an earlier problem" in r.stdout
 
 
 def test_demo_data_is_reproducible_and_test_set_is_held_out(tmp_path):

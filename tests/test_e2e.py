@@ -44,7 +44,7 @@ def test_two_rl_steps_update_log_and_save(tiny, algo):
     for m in lines:
         assert math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
         for key in ("reward", "accuracy", "len_correct", "len_incorrect", "truncated_frac", "zero_std_group_frac",
-                    "clip_frac", "entropy", "kl", "step_s", "tokens_per_s"):
+                    "clip_frac", "entropy", "kl", "step_s", "tokens_per_s", "grade_failures"):
             assert key in m
     assert any(0 < m["reward"] < 1 for m in lines), "rewards should be mixed for this model"
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -25,11 +25,12 @@ def test_pass_at_k_equals_the_average_over_all_k_subsets(n, c, k):
 
 @pytest.mark.parametrize("n", [1, 4])
 def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
-    rows = [json.loads(line) for line in open(tiny["data"])]
+    # 24 distinct questions (a repeated one would be skipped): the tiny model's 8, and 16 more in the same style
+    rows = [{"problem": f"Pick 1 or 2{'!' * k}", "answer": str(1 + k % 2)} for k in range(1, 25)]
     files = []
     for name in ("set_a", "set_b"):
         p = tmp_path / f"{name}.jsonl"
-        p.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"]}) + "\n" for r in rows * 2))
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files.append(str(p))
     out = tmp_path / f"out{n}"
     drgrpo.main(["eval", "--model", tiny["model"], "--eval_data", ",".join(files), "--eval_size", "20", "--n", str(n),
@@ -40,7 +41,7 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
     records = [json.loads(line) for line in open(out / "eval_responses.jsonl")]
     for name in ("set_a", "set_b"):
         mine = [r for r in records if r["benchmark"] == name]
-        assert len(mine) == 20 and all(len(r["responses"]) == n for r in mine)
+        assert len(mine) == 20 and all(len(r["responses"]) == n for r in mine) and results[name]["grade_failures"] == 0
         grades = [[x["grade"] for x in r["responses"]] for r in mine]
         assert results[name]["accuracy"] == pytest.approx(sum(map(sum, grades)) / (20 * n))
         tokens = [x["tokens"] for r in mine for x in r["responses"]]

@@ -33,6 +33,7 @@ import math
 import multiprocessing.connection
 import random
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -88,6 +89,10 @@ class Config:
     dtype: str = knob("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
     gradient_checkpointing: bool = knob(True, "recompute activations in backward: fits 3000-token responses on one GPU")
     save_every: int = knob(50, "checkpoint every N steps (and at the end); 0 = only at the end")
+    keep_checkpoints: int = knob(2, "keep the newest N checkpoints (0 = all): each is weights + Adam state, ~3x the "
+                                    "weights (1.5B: ~18 GB); the newest is enough to resume")
+    resume: str = knob("auto", "auto: go on from out_dir's newest checkpoint, if any | never: start over (deletes "
+                               "out_dir's checkpoints) | PATH: from that checkpoint; same numbers as an unbroken run")
     eval_size: int = knob(0, "with `eval`: use only the first N problems of each file (0 = all)")
     r1_strict: bool = knob(True, "r1 template: grade 0 unless the response has '</think> <answer>' (paper's rule)")
     eval_n: int = knob(1, "with `eval`: 1 = greedy (paper); K > 1 samples K at --temperature and adds pass@k", "n")
@@ -144,6 +149,7 @@ def resolve(cfg):
         (cfg.group_size >= 2, f"--group_size {cfg.group_size}: a group needs at least 2 responses to have a baseline"),
         (cfg.max_new_tokens >= 1, f"--max_new_tokens {cfg.max_new_tokens}: must be at least 1"),
         (cfg.grade_workers >= 1 and cfg.grade_timeout > 0, "--grade_workers must be >= 1 and --grade_timeout > 0"),
+        (cfg.keep_checkpoints >= 0, f"--keep_checkpoints {cfg.keep_checkpoints}: must be 0 (all) or more"),
         (cfg.micro_batch_size >= 1 and cfg.train_batch_size >= 1, "--train_batch_size/--micro_batch_size must be >= 1"),
         (cfg.train_batch_size % cfg.micro_batch_size == 0,
          f"--train_batch_size {cfg.train_batch_size} is not a multiple of --micro_batch_size {cfg.micro_batch_size}"),
@@ -792,16 +798,39 @@ def loss_push(samples, cfg):
     return push[right].sum().item(), push[~right].sum().item()
 
 
-def save_checkpoint(model, tokenizer, path):
-    """save_pretrained into a temporary dir, then rename: a crash mid-write never leaves a half checkpoint."""
+STATE = "trainer_state.pt"  # beside the HF weights: all else a resumed run needs (optimizer, RNGs, data cursor, step)
+
+
+def save_checkpoint(model, tokenizer, path, state=None):
+    """Write into a temporary dir, then rename: a crash, Ctrl-C or full disk mid-write leaves no half checkpoint and
+    never harms an earlier one. Weights and tokenizer are plain Hugging Face files (`eval`, vLLM, HF load them)."""
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if state is not None:
+            torch.save(state, os.path.join(tmp, STATE))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(path):
         shutil.rmtree(path)
     os.replace(tmp, path)
     return path
+
+
+def checkpoints(out_dir):
+    """[(step, path)] of out_dir's resumable checkpoints, oldest first. Only a renamed dir is complete: a `.tmp` one
+    is a write that a crash cut short, and is deleted."""
+    found = []
+    for name in os.listdir(out_dir):
+        (kind, _, step), path = name.partition("-"), os.path.join(out_dir, name)
+        if kind == "checkpoint" and step.endswith(".tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif kind == "checkpoint" and step.isdigit() and os.path.isfile(os.path.join(path, STATE)):
+            found.append((int(step), path))
+    return sorted(found)
 
 
 def pick_device(cfg):
@@ -822,15 +851,41 @@ def load_model(path, device):
     return model, tokenizer
 
 
+def catch_ctrl_c():
+    """The first Ctrl-C asks train to stop at the end of the step, with a checkpoint: stopping mid-step would save
+    weights with only some of the step's updates, which no resume could reproduce. A second one aborts at once.
+    -> (a list that gets an item on Ctrl-C, the handler replaced)"""
+    pressed = []
+
+    def handler(*_):
+        pressed.append(signal.signal(signal.SIGINT, signal.default_int_handler))
+        os.write(2, b"\ndrgrpo: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to abort now)\n")  # not
+        # print(): this may run in the middle of tqdm's own write to stderr
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a script's `&` job: leave it so, as Python does
+    return pressed, signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else handler)
+
+
 def train(cfg):
     """The R1-Zero loop: sample G responses per prompt, grade them, turn rewards into advantages, update. Returns
     the final checkpoint's path."""
     cfg = resolve(cfg)
     data = load_jsonl(cfg.train_data)  # fail on bad data, or an unwritable out_dir, before loading any model
     check_writable(cfg.out_dir)
+    newest = (checkpoints(cfg.out_dir) or [(0, None)])[-1][1]
+    ckpt = {"auto": newest, "never": None, "no": None}.get(cfg.resume, cfg.resume)  # else a path
+    if ckpt and not os.path.isfile(os.path.join(ckpt, STATE)):
+        raise UserError(f"--resume {ckpt}: not a checkpoint of this trainer (no {STATE} in it)")
+    state = torch.load(os.path.join(ckpt, STATE), map_location="cpu", weights_only=True) if ckpt else dict(
+        step=0, order=[], cursor=0, bad_steps=0)
+    start = state["step"]
+    if start >= cfg.steps:
+        print(f"{ckpt}: this run is complete (step {start} of --steps {cfg.steps}); nothing to do")
+        return ckpt
+    if ckpt:
+        print(f"resuming from {ckpt} (step {start})")
     torch.manual_seed(cfg.seed)
     device, autocast_dtype = pick_device(cfg)
-    model, tokenizer = load_model(cfg.model, device)
+    model, tokenizer = load_model(ckpt or cfg.model, device)  # either sampler starts from these weights too
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
@@ -839,6 +894,8 @@ def train(cfg):
         ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
+    if ckpt:  # Adam's moments; lr, betas and weight decay stay the flags' (a resume may change them)
+        optimizer.load_state_dict({**state["optimizer"], "param_groups": optimizer.state_dict()["param_groups"]})
     eval_rows = [r for f in cfg.eval_data.split(",") if f and cfg.eval_every for r in load_jsonl(f, quiet=True)]
     sampler = make_sampler(cfg, model, tokenizer, data + eval_rows)
     rollout_size = cfg.prompts_per_rollout * cfg.group_size
@@ -850,13 +907,22 @@ def train(cfg):
           f"{f' (C={cfg.loss_norm_const})' if cfg.loss_agg == 'seq_mean_token_sum_norm' else ''} | "
           f"{len(data)} problems | rollout {cfg.prompts_per_rollout} prompts x G={cfg.group_size} = {rollout_size}"
           f" responses -> {updates_per_rollout} optimizer step(s) of {cfg.train_batch_size}")
+    # out_dir past step `start` is a future being re-done (or, starting over, an old run): drop its checkpoints, and
+    # its metrics lines, which a crash may have left (even half of one)
+    for s, path in checkpoints(cfg.out_dir):
+        if s > start:
+            shutil.rmtree(path)
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    open(metrics_path, "w").close()
-    order, cursor = [], 0
+    with open(metrics_path, "a+b") as f:
+        f.seek(0)  # lines are in step order: the kept ones are a prefix
+        f.truncate(sum(len(line) for line in f if line.endswith(b"\n") and json.loads(line)["step"] <= start))
+    order, cursor, bad_steps = state["order"], state["cursor"], state["bad_steps"]
     rng = random.Random(cfg.seed)
+    if ckpt:  # the unbroken run's random streams: the same data order and shuffles from here on
+        rng.setstate(state["rng"]), torch.set_rng_state(state["torch_rng"]), torch.cuda.set_rng_state_all(state["cuda"])
     from tqdm import tqdm
-    bar = tqdm(range(1, cfg.steps + 1), desc=cfg.algo, dynamic_ncols=True)
-    ckpt, bad_steps = None, 0
+    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, desc=cfg.algo, dynamic_ncols=True)
+    interrupted, previous_handler = catch_ctrl_c()
     for step in bar:
         t0 = time.time()
         # --- pick prompts: walk a shuffled copy of the data, reshuffling at each epoch
@@ -914,13 +980,22 @@ def train(cfg):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
         bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['len_mean']:.0f}", loss=f"{m['loss']:.4f}")
-        if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
-            ckpt = save_checkpoint(model, tokenizer, os.path.join(cfg.out_dir, f"checkpoint-{step}"))
         bad_steps = bad_steps + 1 if all(a["skipped_updates"] for a in agg) else 0
-        if bad_steps == 3:  # one NaN batch is noise; three steps in a row means the run is broken
-            ckpt = save_checkpoint(model, tokenizer, os.path.join(cfg.out_dir, f"checkpoint-{step}"))
+        stop = bad_steps >= 3 or interrupted  # 3: one NaN batch is noise; three steps in a row means a broken run
+        if stop or step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+            ckpt = save_checkpoint(model, tokenizer, os.path.join(cfg.out_dir, f"checkpoint-{step}"), dict(
+                step=step, optimizer=optimizer.state_dict(), order=order, cursor=cursor, bad_steps=bad_steps,
+                rng=rng.getstate(), torch_rng=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all()))
+            for _, old in checkpoints(cfg.out_dir)[:-cfg.keep_checkpoints]:  # keep 0: [:-0] is empty, keeps all
+                shutil.rmtree(old)
+        if stop or step == cfg.steps:
+            signal.signal(signal.SIGINT, previous_handler)
+        if bad_steps >= 3:
             raise TrainingStopped(f"step {step}: every update of the last 3 steps had a non-finite gradient and was "
                                   f"skipped; the (unchanged) weights are saved in {ckpt}")
+        if interrupted:
+            raise KeyboardInterrupt(f"at step {step}; checkpoint saved in {ckpt}; " + (
+                "run the same command to resume" if cfg.resume == "auto" else "resume with --resume auto"))
     print(f"metrics: {metrics_path}\ncheckpoint: {ckpt}")
     return ckpt
 
@@ -1109,7 +1184,8 @@ def pretrain_tiny(out, rows=None, steps=700, batch=64, lr=5e-3, seed=0, template
 # The demo's settings: the same Config, scaled to a 1M-parameter model and a 2-core CPU. Any flag overrides them.
 DEMO = dict(model="", template="qwen_math", train_data=DEMO_DATA["train"][0], eval_data=DEMO_DATA["test"][0],
             out_dir="runs/demo", group_size=8, prompts_per_rollout=32, max_new_tokens=48, sampler="auto",
-            lr=5e-4, train_batch_size=256, micro_batch_size=64, steps=40, gradient_checkpointing=False, save_every=0)
+            lr=5e-4, train_batch_size=256, micro_batch_size=64, steps=40, gradient_checkpointing=False, save_every=0,
+            resume="never")  # `make demo` again trains again
 
 
 def demo(cfg, algos=("dr_grpo", "grpo")):
@@ -1316,6 +1392,9 @@ def main(argv=None):
     except TrainingStopped as e:
         print(f"drgrpo: stopped: {e}", file=sys.stderr)
         sys.exit(3)
+    except KeyboardInterrupt as e:  # from train: where the checkpoint is; a second Ctrl-C: nothing more to say
+        print(f"drgrpo: interrupted {e}".rstrip(), file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

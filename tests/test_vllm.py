@@ -117,9 +117,9 @@ def test_same_seed_same_metrics(tiny):
 
 
 def test_resumed_run_starts_the_engine_from_the_checkpoint(tiny):
-    whole = run_metrics(tiny, "resume_whole", steps=3)
-    run_metrics(tiny, "resume_cut", steps=2)  # its final checkpoint is a full one; then a longer run goes on from it
-    resumed = run_metrics(tiny, "resume_cut", steps=3)
+    whole = run_metrics(tiny, "resume_whole", steps=3, lr=3e-3)  # lr: groups stay mixed, so every step trains
+    run_metrics(tiny, "resume_cut", steps=2, lr=3e-3)  # its final checkpoint is a full one; a longer run goes on
+    resumed = run_metrics(tiny, "resume_cut", steps=3, lr=3e-3)
     assert [m["step"] for m in resumed] == [1, 2, 3] and untimed(resumed) == untimed(whole)
     # an engine built from the start model would sample step 3 from stale weights (log-prob gap ~6 when tried)
     assert resumed[2]["logprob_gap"] < SYNC_TOL

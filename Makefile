@@ -53,7 +53,7 @@ bias: install          ## the toy that shows GRPO's length and difficulty biases
 plot: install          ## reward and correct/incorrect lengths of runs: make plot RUNS="runs/a runs/b"
 	$(BIN)/python drgrpo.py plot $(RUNS)
 
-bench: install         ## drgrpo vs TRL GRPOTrainer on this CPU: speed + memory table, runs/bench/bench.json (~25 min)
+bench: install         ## drgrpo vs TRL GRPOTrainer on this CPU: speed + memory table, runs/bench/bench.json (~1 h)
 	$(BIN)/python tests/bench.py $(ARGS)
 
 clean:

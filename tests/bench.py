@@ -6,7 +6,7 @@ same reward function, G=8, up to 128 new tokens, Dr. GRPO loss, beta 0, one opti
 gradient checkpointing. Each configuration runs in its own process (so peak RSS is that system's alone), warms up,
 then reports the median of the measured steps.
 
-  python tests/bench.py                 # everything (~25 min on 2 cores)
+  python tests/bench.py                 # everything (about an hour on 2 cores; saved as it goes)
   python tests/bench.py --quick         # fewer steps and no scaling sweep (~5 min), for a smoke check
   python tests/bench.py --worker ...    # one measurement (used internally)
 
@@ -125,8 +125,8 @@ def trl_trainer(cfg, out_dir):
     rows = prompt_rows()
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
-    data = Dataset.from_list([{"prompt": drgrpo.apply_template(cfg.template, r["problem"]), "pass_rate": int(r["answer"])}
-                              for r in rows] * (cfg.steps + 1))
+    data = Dataset.from_list([{"prompt": drgrpo.apply_template(cfg.template, r["problem"]),
+                               "pass_rate": int(r["answer"])} for r in rows] * (cfg.steps + 1))
 
     def reward(completions, pass_rate, **_):
         return [bench_reward(c, k) for c, k in zip(completions, pass_rate)]
@@ -295,7 +295,12 @@ def main():
            "matmul_peak_gflops": matmul_peak_gflops(), "params": n_params, "steps_measured": steps}
     print(f"bench: {n_params / 1e6:.1f}M-param Qwen2, 8 prompts, G=8, max 128 new tokens; {res['machine']}; "
           f"fp32 matmul peak {res['matmul_peak_gflops']:.0f} GFLOP/s")
-    m = lambda *a, **k: measure(*a, steps=steps, **k)  # noqa: E731
+    os.makedirs(OUT, exist_ok=True)
+
+    def m(*a, **k):  # one measurement; what was measured so far is saved first (the full bench is long)
+        with open(os.path.join(OUT, "bench.json"), "w") as f:
+            json.dump(res, f, indent=2)
+        return measure(*a, steps=steps, **k)
     res["update"] = {s: m(s, "update") for s in ("drgrpo", "trl")}
     res["step_hf"] = {s: m(s, "step") for s in ("drgrpo", "trl")}
     # TRL's samplers that run here: HF generate, or transformers' continuous batching (its vLLM mode fails on CPU as
@@ -306,11 +311,18 @@ def main():
     trl_best = min([r for r in (res["step_hf"]["trl"], trl_cb) if r], key=lambda r: r["median_s"])
     res["step_fastest"] = {"drgrpo": m("drgrpo", "step", sampler="vllm"), "trl": trl_best}
     roll = fixed_rollout(settings(8, 128))
-    trained = sum(len(c) for g, a in zip(roll["completions"], roll["advantages"]) for c, x in zip(g, a) if x != 0)
-    total = sum(len(c) for g in roll["completions"] for c in g)
-    res["update_tokens"], res["update_trained_tokens"] = total, trained
-    for s in ("drgrpo", "trl"):  # model FLOPs: 6 x params x response tokens (the update's useful work)
-        res["update"][s]["mfu"] = 6 * n_params * total / res["update"][s]["median_s"] / 1e9 / res["matmul_peak_gflops"]
+    pairs = [(len(p), len(c), a) for p, g, adv in zip(roll["prompt_ids"], roll["completions"], roll["advantages"])
+             for c, a in zip(g, adv)]
+    res["update_tokens"] = sum(c for _, c, _ in pairs)  # response tokens: the update's useful work
+    res["update_trained_tokens"] = sum(c for _, c, a in pairs if a != 0)
+    # tokens each system actually runs through forward+backward: drgrpo, prompt + response of the responses with a
+    # nonzero advantage (sorted micro-batches: ~no padding); TRL, every row padded to the longest prompt + response
+    ran = {"drgrpo": sum(p + c for p, c, a in pairs if a != 0),
+           "trl": len(pairs) * (max(p for p, _, _ in pairs) + max(c for _, c, _ in pairs))}
+    for s in ("drgrpo", "trl"):
+        t, peak = res["update"][s]["median_s"], res["matmul_peak_gflops"] * 1e9
+        res["update"][s]["mfu"] = 6 * n_params * res["update_tokens"] / t / peak  # model FLOPs utilisation
+        res["update"][s]["hw_util"] = 6 * n_params * ran[s] / t / peak  # FLOPs executed / peak
     if not args.quick:
         res["scale_G"] = {G: {s: m(s, "step", G=G) for s in ("drgrpo", "trl")} for G in (4, 16)}
         res["scale_G"][8] = res["step_hf"]
@@ -332,8 +344,8 @@ def report(res):
     rss = {s: max(res[k][s]["peak_rss_mb"] for k in ("update", "step_hf")) for s in ("drgrpo", "trl")}
     print(f"{'peak RSS, MB (HF-sampler runs)':<44s} {rss['drgrpo']:8.0f} {rss['trl']:8.0f} "
           f"{rss['drgrpo'] / rss['trl']:6.2f}")
-    print(f"{'update MFU (6 x params x tokens / peak)':<44s} {100 * res['update']['drgrpo']['mfu']:7.1f}% "
-          f"{100 * res['update']['trl']['mfu']:7.1f}%")
+    for key, name in (("mfu", "update MFU, 6 x params x response tokens"), ("hw_util", "update FLOPs executed / peak")):
+        print(f"{name:<44s} {100 * res['update']['drgrpo'][key]:7.1f}% {100 * res['update']['trl'][key]:7.1f}%")
     print(f"update batch: {res['update_tokens']} response tokens, {res['update_trained_tokens']} with a nonzero "
           "advantage")
     for key, name in (("scale_G", "G"), ("scale_T", "max_new")):

@@ -281,6 +281,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 measured steps, no scaling sweep")
     p.add_argument("--trl_cb", action="store_true", help="also time TRL with transformers' continuous batching")
+    p.add_argument("--sweep_only", action="store_true", help="only the G and max-new-tokens rows not measured by "
+                   "the main table reaches before G=4 (G=16; max new 64, 256), into runs/bench/sweep.json")
     p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -301,6 +303,12 @@ def main():
         with open(os.path.join(OUT, "bench.json"), "w") as f:
             json.dump(res, f, indent=2)
         return measure(*a, steps=steps, **k)
+    if args.sweep_only:
+        for key, kw in (("G", dict(G=16)), ("max_new", dict(max_new=64)), ("max_new", dict(max_new=256))):
+            res[f"{key}={list(kw.values())[0]}"] = {s: measure(s, "step", steps=steps, **kw) for s in ("drgrpo", "trl")}
+            with open(os.path.join(OUT, "sweep.json"), "w") as f:
+                json.dump(res, f, indent=2)
+        return
     res["update"] = {s: m(s, "update") for s in ("drgrpo", "trl")}
     res["step_hf"] = {s: m(s, "step") for s in ("drgrpo", "trl")}
     # TRL's samplers that run here: HF generate, or transformers' continuous batching (its vLLM mode fails on CPU as

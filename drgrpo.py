@@ -649,7 +649,7 @@ def collate(samples, pad_id, device):
     return ids.to(device), att.to(device), tgt.to(device)
 
 
-LOGIT_CHUNK = 1024  # response positions per LM-head chunk: Qwen's 151,936-word vocab makes that 0.6 GB of fp32 logits
+LOGIT_CHUNK_BYTES = 512 << 20  # fp32 logits per LM-head chunk: 883 positions of Qwen's 151,936-word vocabulary
 
 
 def head_logprobs(hidden, lm_head, targets):
@@ -668,19 +668,20 @@ def token_logprobs(model, ids, att, tgt, autocast_dtype=None):
     """log pi(token) for every response token, and the policy's entropy there; both [b, T-1], zero elsewhere.
 
     Memory: the [tokens x vocab] logits are the largest tensor of the update (8 x 3000 response tokens x 151,936 words
-    = 14.6 GB in fp32). So the LM head runs only at response positions, LOGIT_CHUNK positions at a time, and with
-    gradients on each chunk is checkpointed: backward recomputes its logits instead of keeping them, so at most one
-    chunk's logits exist at once. Exact: the same numbers, at the price of the head's matmul once more.
+    = 14.6 GB in fp32). So the LM head runs only at response positions, LOGIT_CHUNK_BYTES of logits at a time, and with
+    gradients on each chunk is checkpointed: backward recomputes its logits instead of keeping them, so only a few
+    chunks' worth exist at once. Exact: the same numbers, at the price of the head's matmul once more. (A small
+    vocabulary, like the demo's, fits in one chunk: no recompute.)
     """
     from torch.utils.checkpoint import checkpoint
+    n = max(1, LOGIT_CHUNK_BYTES // (4 * model.config.vocab_size))  # positions per chunk
     with torch.autocast(ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         hidden = model.model(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1]
         where = tgt.bool()
         h, targets = hidden[where], ids[:, 1:][where]
-        parts = [checkpoint(head_logprobs, h[i:i + LOGIT_CHUNK], model.lm_head, targets[i:i + LOGIT_CHUNK],
-                            use_reentrant=False) if torch.is_grad_enabled() and len(h) > LOGIT_CHUNK else
-                 head_logprobs(h[i:i + LOGIT_CHUNK], model.lm_head, targets[i:i + LOGIT_CHUNK])
-                 for i in range(0, len(h), LOGIT_CHUNK)]
+        parts = [checkpoint(head_logprobs, h[i:i + n], model.lm_head, targets[i:i + n], use_reentrant=False)
+                 if torch.is_grad_enabled() and len(h) > n else
+                 head_logprobs(h[i:i + n], model.lm_head, targets[i:i + n]) for i in range(0, len(h), n)]
     logp, entropy = torch.zeros_like(tgt), torch.zeros_like(tgt)
     logp[where], entropy[where] = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     return logp, entropy

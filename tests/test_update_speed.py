@@ -47,7 +47,7 @@ def test_chunked_head_gives_the_same_logprobs_entropy_and_gradients(monkeypatch)
     weights = torch.randn(tgt.shape)
     results = []
     for chunk in (10 ** 9, 7):  # one chunk (no checkpointing) vs 7 positions per chunk (checkpointed)
-        monkeypatch.setattr(drgrpo, "LOGIT_CHUNK", chunk)
+        monkeypatch.setattr(drgrpo, "LOGIT_CHUNK_BYTES", chunk * 4 * model.config.vocab_size)
         model.zero_grad()
         logp, entropy = drgrpo.token_logprobs(model, ids, att, tgt)
         (logp * weights).sum().backward()
@@ -127,7 +127,7 @@ import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
 import drgrpo
 from test_update_speed import random_qwen
-drgrpo.LOGIT_CHUNK = 256
+drgrpo.LOGIT_CHUNK_BYTES = 256 * 4 * 151936  # 256 positions a chunk
 model = random_qwen(vocab=151936, hidden=16, layers=1)
 ids = torch.randint(2, 151936, (2, 4097)); att = torch.ones_like(ids); tgt = torch.ones(2, 4096)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -140,7 +140,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 def test_chunked_head_never_holds_the_full_logits():
     """8,192 response tokens x Qwen's 151,936-word vocabulary: the fp32 logits alone would be 5 GB. Forward and
     backward through the head, 256 positions a chunk, peak at a few chunks' worth (a fresh process, so the peak is
-    this alone; at the default LOGIT_CHUNK of 1024 the measured peak was 1.8 GiB for both 8k and 16k tokens)."""
+    this alone; at 1,024 positions a chunk the measured peak was 1.8 GiB for both 8k and 16k tokens)."""
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests"))
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, ROOT], capture_output=True, text=True, env=env,
                          cwd=ROOT)

@@ -872,8 +872,8 @@ def train(cfg):
     cfg = resolve(cfg)
     data = load_jsonl(cfg.train_data)  # fail on bad data, or an unwritable out_dir, before loading any model
     check_writable(cfg.out_dir)
-    newest = (checkpoints(cfg.out_dir) or [(0, None)])[-1][1]
-    ckpt = {"auto": newest, "never": None, "no": None}.get(cfg.resume, cfg.resume)  # else a path
+    found = checkpoints(cfg.out_dir)
+    ckpt = {"auto": found[-1][1] if found else None, "never": None, "no": None}.get(cfg.resume, cfg.resume)  # or PATH
     if ckpt and not os.path.isfile(os.path.join(ckpt, STATE)):
         raise UserError(f"--resume {ckpt}: not a checkpoint of this trainer (no {STATE} in it)")
     state = torch.load(os.path.join(ckpt, STATE), map_location="cpu", weights_only=True) if ckpt else dict(
@@ -910,7 +910,7 @@ def train(cfg):
           f" responses -> {updates_per_rollout} optimizer step(s) of {cfg.train_batch_size}")
     # out_dir past step `start` is a future being re-done (or, starting over, an old run): drop its checkpoints, and
     # its metrics lines, which a crash may have left (even half of one)
-    for s, path in checkpoints(cfg.out_dir):
+    for s, path in found:
         if s > start:
             shutil.rmtree(path)
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")

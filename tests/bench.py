@@ -281,8 +281,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 measured steps, no scaling sweep")
     p.add_argument("--trl_cb", action="store_true", help="also time TRL with transformers' continuous batching")
-    p.add_argument("--sweep_only", action="store_true", help="only the G and max-new-tokens rows not measured by "
-                   "the main table reaches before G=4 (G=16; max new 64, 256), into runs/bench/sweep.json")
+    p.add_argument("--sweep_only", nargs="*", metavar="ROW", help="only scaling-sweep rows (default: G=16 "
+                   "max_new=64 max_new=256), merged into runs/bench/sweep.json: to finish a sweep cut short")
     p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -303,10 +303,16 @@ def main():
         with open(os.path.join(OUT, "bench.json"), "w") as f:
             json.dump(res, f, indent=2)
         return measure(*a, steps=steps, **k)
-    if args.sweep_only:
-        for key, kw in (("G", dict(G=16)), ("max_new", dict(max_new=64)), ("max_new", dict(max_new=256))):
-            res[f"{key}={list(kw.values())[0]}"] = {s: measure(s, "step", steps=steps, **kw) for s in ("drgrpo", "trl")}
-            with open(os.path.join(OUT, "sweep.json"), "w") as f:
+    if args.sweep_only is not None:
+        path = os.path.join(OUT, "sweep.json")
+        if os.path.exists(path):
+            res = {**json.load(open(path)), **res}
+        for row in args.sweep_only or ["G=16", "max_new=64", "max_new=256"]:
+            key, _, value = row.partition("=")
+            if key not in ("G", "max_new") or not value.isdigit():
+                p.error(f"--sweep_only: {row!r} is not G=N or max_new=N")
+            res[row] = {s: measure(s, "step", steps=steps, **{key: int(value)}) for s in ("drgrpo", "trl")}
+            with open(path, "w") as f:
                 json.dump(res, f, indent=2)
         return
     res["update"] = {s: m(s, "update") for s in ("drgrpo", "trl")}

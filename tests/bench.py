@@ -7,6 +7,8 @@ gradient checkpointing. Each configuration runs in its own process (so peak RSS 
 then reports the median of the measured steps.
 
   python tests/bench.py                 # everything (about an hour on 2 cores; saved as it goes)
+  python tests/bench.py --no_sweep      # the headline rows only, 5 measured steps (~25 min)
+  python tests/bench.py --sweep_only max_new=256   # just these scaling rows, merged into runs/bench/sweep.json
   python tests/bench.py --quick         # fewer steps and no scaling sweep (~5 min), for a smoke check
   python tests/bench.py --worker ...    # one measurement (used internally)
 
@@ -86,7 +88,8 @@ def settings(G, max_new, sampler="hf", steps=6, micro_batch=16):
         model=MODEL, template="qwen_math", train_data=os.path.join(OUT, "prompts.jsonl"), algo="dr_grpo",
         out_dir=os.path.join(OUT, f"drgrpo-{sampler}-G{G}-T{max_new}"), group_size=G, prompts_per_rollout=8,
         max_new_tokens=max_new, lr=1e-6, train_batch_size=8 * G, micro_batch_size=min(micro_batch, 8 * G),
-        sampler=sampler, steps=steps, save_every=0, gradient_checkpointing=False, seed=0)
+        sampler=sampler, steps=steps, save_every=0, gradient_checkpointing=False, seed=0,
+        resume="never")  # never: a finished earlier run in out_dir would otherwise be "resumed", and nothing timed
 
 
 def peak_rss_mb():
@@ -99,6 +102,7 @@ def run_drgrpo(cfg):
         [[bench_reward(c.text, int(r["golds"][0])) for c in g] for r, g in zip(rows, groups)], 0)
     drgrpo.train(cfg)
     steps = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
+    assert len(steps) == cfg.steps, f"{cfg.out_dir}: {len(steps)} steps logged, {cfg.steps} run"
     return {"step_s": [m["step_s"] for m in steps], "update_s": [m["update_s"] for m in steps],
             "sample_s": [m["sample_s"] for m in steps], "len_mean": [m["len_mean"] for m in steps],
             "zero_std_group_frac": [m["zero_std_group_frac"] for m in steps]}
@@ -280,6 +284,7 @@ def matmul_peak_gflops(n=1024, reps=20):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 measured steps, no scaling sweep")
+    p.add_argument("--no_sweep", action="store_true", help="5 measured steps, no scaling sweep: the headline rows")
     p.add_argument("--trl_cb", action="store_true", help="also time TRL with transformers' continuous batching")
     p.add_argument("--sweep_only", nargs="*", metavar="ROW", help="only scaling-sweep rows (default: G=16 "
                    "max_new=64 max_new=256), merged into runs/bench/sweep.json: to finish a sweep cut short")
@@ -337,7 +342,7 @@ def main():
         t, peak = res["update"][s]["median_s"], res["matmul_peak_gflops"] * 1e9
         res["update"][s]["mfu"] = 6 * n_params * res["update_tokens"] / t / peak  # model FLOPs utilisation
         res["update"][s]["hw_util"] = 6 * n_params * ran[s] / t / peak  # FLOPs executed / peak
-    if not args.quick:
+    if not (args.quick or args.no_sweep):
         res["scale_G"] = {G: {s: m(s, "step", G=G) for s in ("drgrpo", "trl")} for G in (4, 16)}
         res["scale_G"][8] = res["step_hf"]
         res["scale_T"] = {T: {s: m(s, "step", max_new=T) for s in ("drgrpo", "trl")} for T in (64, 256)}

@@ -237,6 +237,68 @@ def update_trl(cfg, reps):
     return {"update_s": times, "loss": losses}
 
 
+SHAPES = {  # Qwen2Config fields; qwen2.5-0.5b: Qwen/Qwen2.5-0.5B's config.json (random init: only shapes matter)
+    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, rope_theta=1e6),
+    "tiny": dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),  # a seconds-long check of this code path on a CPU
+}
+
+
+def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=8, steps=3, checkpointing=False):
+    """drgrpo's update phase alone, bf16 autocast over fp32 weights as `train` runs it on a GPU, on a synthetic
+    rollout of random tokens (prompts x G responses, lengths uniform in [max_new/16, max_new], every advantage
+    nonzero so every response is trained): -> tokens/s and MFU against this device's measured bf16 matmul peak."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    n = 10 if device == "cuda" else 1
+    for _ in range(2):
+        a @ b
+    sync(), (t := time.perf_counter())
+    for _ in range(n):
+        a @ b
+    sync()
+    peak = 2 * 8192 ** 3 * n / (time.perf_counter() - t)
+    del a, b
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**SHAPES[shape], tie_word_embeddings=True, max_position_embeddings=32768,
+                                         use_cache=False)).to(device)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    params = sum(p.numel() for p in model.parameters())
+    cfg = drgrpo.resolve(drgrpo.Config(micro_batch_size=micro_batch, max_new_tokens=max_new, lr=1e-6))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    gen = torch.Generator().manual_seed(0)
+    vocab = SHAPES[shape]["vocab_size"]
+    samples = [drgrpo.Sample(torch.randint(vocab, (prompt_len,), generator=gen).tolist(), drgrpo.Completion(
+        torch.randint(vocab, (int(torch.randint(max_new // 16, max_new + 1, (1,), generator=gen)),),
+                      generator=gen).tolist(), "", False), 0.0, (-1.0) ** i * 0.5) for i in range(prompts * G)]
+    response = sum(len(s.completion.token_ids) for s in samples)
+    times = []
+    for _ in range(steps + 1):  # the first is warm-up (kernel selection, allocator)
+        sync(), (t := time.perf_counter())
+        drgrpo.optimizer_step(model, optimizer, samples, cfg, 0, torch.bfloat16)
+        sync(), times.append(time.perf_counter() - t)
+    step_s = statistics.median(times[1:])
+    out = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shape": shape, "params": params,
+           "bf16_matmul_peak_tflops": peak / 1e12, "responses": len(samples), "response_tokens": response,
+           "prompt_tokens": prompt_len * len(samples), "micro_batch": micro_batch, "checkpointing": checkpointing,
+           "update_s": times, "median_s": step_s, "response_tokens_per_s": response / step_s,
+           # the issue's definition: 6 x params x trained (response) tokens; prompts also run forward and
+           # backward, so the second figure counts them too (attention's own FLOPs are in neither)
+           "mfu": 6 * params * response / step_s / peak,
+           "mfu_all_tokens": 6 * params * (response + prompt_len * len(samples)) / step_s / peak,
+           "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}
+    print(f"update phase, {shape} ({params / 1e6:.0f}M params, bf16 autocast) on {out['device']}: "
+          f"{len(samples)} responses, {response} response + {out['prompt_tokens']} prompt tokens, "
+          f"median {step_s:.2f} s -> {out['response_tokens_per_s']:.0f} response tokens/s; "
+          f"MFU {100 * out['mfu']:.1f}% ({100 * out['mfu_all_tokens']:.1f}% counting prompt tokens) of a measured "
+          f"{peak / 1e12:.0f} TFLOP/s bf16 peak")
+    return out
+
+
 def worker(system, what, G, max_new, sampler, steps):
     build_model()
     with open(os.path.join(OUT, "prompts.jsonl"), "w") as f:
@@ -288,11 +350,21 @@ def main():
     p.add_argument("--trl_cb", action="store_true", help="also time TRL with transformers' continuous batching")
     p.add_argument("--sweep_only", nargs="*", metavar="ROW", help="only scaling-sweep rows (default: G=16 "
                    "max_new=64 max_new=256), merged into runs/bench/sweep.json: to finish a sweep cut short")
+    p.add_argument("--update_mfu", choices=SHAPES, help="only the update phase of a model of this shape, bf16, on the "
+                   "GPU when there is one: tokens/s and MFU, into runs/bench/update_mfu.json (no data needed)")
+    p.add_argument("--checkpointing", action="store_true", help="with --update_mfu: gradient checkpointing on")
     p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         system, what, G, max_new, sampler, steps = args.worker
         return worker(system, what, int(G), int(max_new), sampler, int(steps))
+    if args.update_mfu:
+        os.makedirs(OUT, exist_ok=True)
+        small = dict(prompts=2, G=2, prompt_len=16, max_new=64) if args.update_mfu == "tiny" else {}
+        res = update_mfu(args.update_mfu, checkpointing=args.checkpointing, **small)
+        with open(os.path.join(OUT, "update_mfu.json"), "w") as f:
+            json.dump(res, f, indent=2)
+        return
     build_model()
     steps = 3 if args.quick else 5
     model, _ = drgrpo.load_model(MODEL, "cpu")

@@ -237,6 +237,20 @@ def update_trl(cfg, reps):
     return {"update_s": times, "loss": losses}
 
 
+def matmul_peak_gflops(n=1024, reps=20, dtype=torch.float32, device="cpu"):
+    """The device's matmul throughput in `dtype` (the roofline for MFU), measured on square n x n products."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
 SHAPES = {  # Qwen2Config fields; qwen2.5-0.5b: Qwen/Qwen2.5-0.5B's config.json (random init: only shapes matter)
     "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, rope_theta=1e6),
@@ -252,16 +266,7 @@ def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=
     from transformers import Qwen2Config, Qwen2ForCausalLM
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
-    n = 10 if device == "cuda" else 1
-    for _ in range(2):
-        a @ b
-    sync(), (t := time.perf_counter())
-    for _ in range(n):
-        a @ b
-    sync()
-    peak = 2 * 8192 ** 3 * n / (time.perf_counter() - t)
-    del a, b
+    peak = matmul_peak_gflops(8192, 10 if device == "cuda" else 1, torch.bfloat16, device) * 1e9
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(**SHAPES[shape], tie_word_embeddings=True, max_position_embeddings=32768,
                                          use_cache=False)).to(device)
@@ -332,17 +337,6 @@ def measure(system, what, G=8, max_new=128, sampler="hf", steps=6, warmup=1, may
     return out
 
 
-def matmul_peak_gflops(n=1024, reps=20):
-    """This CPU's fp32 matmul throughput (the roofline for MFU), measured on square n x n products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 measured steps, no scaling sweep")
@@ -358,6 +352,11 @@ def main():
     if args.worker:
         system, what, G, max_new, sampler, steps = args.worker
         return worker(system, what, int(G), int(max_new), sampler, int(steps))
+    rows = [] if args.sweep_only is None else args.sweep_only or ["G=16", "max_new=64", "max_new=256"]
+    for row in rows:  # checked now, not after an hour of earlier rows
+        key, _, value = row.partition("=")
+        if key not in ("G", "max_new") or not value.isdigit():
+            p.error(f"--sweep_only: {row!r} is not G=N or max_new=N")
     if args.update_mfu:
         os.makedirs(OUT, exist_ok=True)
         small = dict(prompts=2, G=2, prompt_len=16, max_new=64) if args.update_mfu == "tiny" else {}
@@ -384,10 +383,8 @@ def main():
         path = os.path.join(OUT, "sweep.json")
         if os.path.exists(path):
             res = {**json.load(open(path)), **res}
-        for row in args.sweep_only or ["G=16", "max_new=64", "max_new=256"]:
+        for row in rows:
             key, _, value = row.partition("=")
-            if key not in ("G", "max_new") or not value.isdigit():
-                p.error(f"--sweep_only: {row!r} is not G=N or max_new=N")
             res[row] = {s: measure(s, "step", steps=steps, **{key: int(value)}) for s in ("drgrpo", "trl")}
             with open(path, "w") as f:
                 json.dump(res, f, indent=2)

@@ -33,7 +33,7 @@ endif
 	touch $@
 
 demo: install          ## offline: build + pre-train a tiny model, then Dr. GRPO vs GRPO on CPU (<10 min)
-	$(BIN)/python drgrpo.py demo $(ARGS)
+	$(BIN)/python data/arith/demo.py $(ARGS)
 
 test: install          ## the unit tests, bias demonstrations and an end-to-end run (CPU, a few minutes)
 	$(BIN)/python -m pytest -q tests $(ARGS)
@@ -45,7 +45,7 @@ eval: install          ## greedy accuracy of MODEL on the paper's five benchmark
 	$(BIN)/python drgrpo.py eval --model $(MODEL) --eval_data $(EVAL) $(ARGS)
 
 data: install          ## download the paper's training set and five evaluation sets into data/ (needs internet)
-	$(BIN)/python drgrpo.py data
+	$(BIN)/python data/math/prepare.py
 
 bias: install          ## the toy that shows GRPO's length and difficulty biases (seconds): table + tests/toy_bias.png
 	$(BIN)/python tests/toy_bias.py tests/toy_bias.png

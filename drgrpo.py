@@ -1062,179 +1062,6 @@ def evaluate(cfg, model=None, tokenizer=None, sampler=None, out_dir=None, quiet=
     return results
 
 
-# -----------------------------------------------------------------------------------------------------------------
-# 10. The offline demo: a tiny Qwen2 model that this file builds, pre-trains on its own synthetic problems, then
-#     trains with Dr. GRPO and GRPO through exactly the code above. Nothing is downloaded.
-# -----------------------------------------------------------------------------------------------------------------
-# Like a real base model it must already *sometimes* solve the task (RL can only reinforce what it samples: the
-# paper's point about base models, Sec. 2). Its pre-training text, like web text, answers in three ways: a worked
-# chain that ends in \boxed{} (40%), a bare \boxed{} answer (18%), and a plain "The answer is 12." (42%). Greedy
-# decoding follows the most common path, the plain one, which the verifier (it reads only the last \boxed{}) scores
-# 0. RL with the verifier's reward discovers that the worked, boxed chain pays: format and reasoning that the base
-# model already had, selected by reward, as in the first steps of a real R1-Zero run.
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-DEMO_DATA = {"pretrain": ("data/arith_pretrain.jsonl", 12000), "train": ("data/arith_train.jsonl", 2000),
-             "test": ("data/arith_test.jsonl", 300)}
-
-
-def linear_problems():
-    """Every problem of the demo's family: ax+b=c or ax-b=c with a in 2..9, b in 1..9, x in 1..30, c in 10..99."""
-    out = []
-    for a in range(2, 10):
-        for x in range(1, 31):
-            for b in range(1, 10):
-                for sign in (1, -1):
-                    if 10 <= a * x + sign * b <= 99:
-                        out.append((a, b * sign, x))
-    return out
-
-
-def solution_text(a, b, x, style):
-    """The three ways the pre-training text answers: worked (always boxed), or a bare answer, boxed or plain.
-
-    >>> [solution_text(4, -8, 10, style) for style in ("worked", "boxed", "plain")]
-    ['4x=32+8=40,x=40/4=10. The answer is \\\\boxed{10}.', 'The answer is \\\\boxed{10}.', 'The answer is 10.']
-    """
-    c = a * x + b
-    if style == "plain":
-        return f"The answer is {x}."
-    steps = f"{a}x={c}{'-' if b > 0 else '+'}{abs(b)}={c - b},x={c - b}/{a}={x}. " if style == "worked" else ""
-    return steps + f"The answer is \\boxed{{{x}}}."
-
-
-def make_demo_data(root=".", seed=1234, style_weights=(0.4, 0.18, 0.42)):
-    """Write the demo's JSONL files (seeded: always the same bytes). Test problems never appear in the other two."""
-    rng = random.Random(seed)
-    space = linear_problems()
-    rng.shuffle(space)
-    n_test = DEMO_DATA["test"][1]
-    test, pool = space[:n_test], space[n_test:]
-    question = lambda a, b, x: f"Solve for x: {a}x{'+' if b > 0 else '-'}{abs(b)}={a * x + b}."  # noqa: E731
-    splits = {"test": test, "train": [rng.choice(pool) for _ in range(DEMO_DATA["train"][1])],
-              "pretrain": [rng.choice(pool) for _ in range(DEMO_DATA["pretrain"][1])]}
-    for split, problems in splits.items():
-        path = os.path.join(root, DEMO_DATA[split][0])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            for a, b, x in problems:
-                row = {"problem": question(a, b, x), "answer": str(x)}
-                if split == "pretrain":
-                    style = rng.choices(("worked", "boxed", "plain"), style_weights)[0]
-                    row["solution"] = solution_text(a, b, x, style)
-                f.write(json.dumps(row) + "\n")
-
-
-def build_tokenizer(texts, vocab_size=512):
-    """A byte-level BPE trained on `texts`, one token per digit (so arithmetic is learnable), Qwen's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-
-
-def build_tiny_model(tokenizer, hidden=128, layers=4, heads=4, tie=True, seed=0):
-    """A randomly initialised Qwen2ForCausalLM, the architecture of the paper's base models at ~1/1000 the size."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=512, tie_word_embeddings=tie, use_cache=True,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=None)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
-
-
-def pretrain_tiny(out, rows=None, steps=700, batch=64, lr=5e-3, seed=0, template="qwen_math", **model_kw):
-    """Build and pre-train a tiny base model on rows of {problem, solution} (default: data/arith_pretrain.jsonl);
-    save it, with its tokenizer, in Hugging Face format to `out`."""
-    rows = rows or [json.loads(line) for line in open(DEMO_DATA["pretrain"][0])]
-    pairs = [(apply_template(template, r["problem"]), r["solution"]) for r in rows]
-    tokenizer = build_tokenizer([p + s + "<|im_end|>" for p, s in pairs])
-    model = build_tiny_model(tokenizer, seed=seed, **model_kw)
-    eos = tokenizer.eos_token_id
-    samples = [Sample(tokenizer(p, add_special_tokens=False)["input_ids"],
-                      Completion(tokenizer(s, add_special_tokens=False)["input_ids"] + [eos], s, False), 0., 0.)
-               for p, s in pairs]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup_cosine = lambda i: min(1, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine)
-    rng = random.Random(seed)
-    from tqdm import tqdm
-    bar = tqdm(range(steps), desc="pretrain", dynamic_ncols=True)
-    for _ in bar:
-        ids, att, tgt = collate(rng.sample(samples, batch), tokenizer.pad_token_id, "cpu")
-        logp, _ = token_logprobs(model, ids, att, tgt)
-        loss = -(logp * tgt).sum() / tgt.sum()  # next-token loss on the solution tokens (the prompt is given)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return save_checkpoint(model, tokenizer, out)
-
-
-# The demo's settings: the same Config, scaled to a 1M-parameter model and a 2-core CPU. Any flag overrides them.
-DEMO = dict(model="", template="qwen_math", train_data=DEMO_DATA["train"][0], eval_data=DEMO_DATA["test"][0],
-            out_dir="runs/demo", group_size=8, prompts_per_rollout=32, max_new_tokens=48, sampler="auto",
-            lr=5e-4, train_batch_size=256, micro_batch_size=64, steps=40, gradient_checkpointing=False, save_every=0,
-            resume="never")  # `make demo` again trains again
-
-
-def demo(cfg, algos=("dr_grpo", "grpo")):
-    """Pre-train the tiny base model (once, cached in out_dir/base), then RL it with each algorithm from the same
-    start, and compare held-out greedy accuracy before and after. Writes out_dir/summary.json."""
-    t0 = time.time()
-    if not all(os.path.exists(path) for path, _ in DEMO_DATA.values()):
-        make_demo_data()
-    base = cfg.model or os.path.join(cfg.out_dir, "base")
-    if not os.path.exists(os.path.join(base, "config.json")):
-        print(f"building the tiny base model in {base} (cached for later runs)")
-        pretrain_tiny(base)
-    cfg = replace(cfg, model=base)
-    model, tokenizer = load_model(base, pick_device(cfg)[0])
-    before = evaluate(cfg, model=model, tokenizer=tokenizer, quiet=True)
-    del model
-    summary = {"base_model": base, "test_set": cfg.eval_data, "algos": {}}
-    for algo in algos:
-        t = time.time()
-        run = replace(cfg, algo=algo, out_dir=os.path.join(cfg.out_dir, algo))
-        after = evaluate(run, *load_model(train(run), "cpu"), quiet=True)
-        name = os.path.basename(cfg.eval_data).rsplit(".", 1)[0]
-        b, a = before[name], after[name]
-        summary["algos"][algo] = {
-            "accuracy_before": b["accuracy"], "accuracy_after": a["accuracy"], "n_test": a["n_problems"],
-            "len_correct_before": b["len_correct"], "len_incorrect_before": b["len_incorrect"],
-            "len_correct_after": a["len_correct"], "len_incorrect_after": a["len_incorrect"],
-            "steps": cfg.steps, "seconds": time.time() - t}
-    summary["total_seconds"] = time.time() - t0
-    print(f"\nheld-out greedy accuracy on {cfg.eval_data} (n={summary['algos'][algos[0]]['n_test']}), "
-          f"tiny Qwen2 pre-trained offline, {cfg.steps} RL steps each:")
-    print(f"{'algo':>8s} | {'before':>7s} -> {'after':>7s} | {'len correct':>12s} | {'len incorrect':>13s} | time")
-    n = lambda x: "   -" if x is None else f"{x:4.1f}"  # noqa: E731  (no correct answer: no length)
-    for algo, r in summary["algos"].items():
-        print(f"{algo:>8s} | {100 * r['accuracy_before']:6.1f}% -> {100 * r['accuracy_after']:6.1f}% | "
-              f"{n(r['len_correct_before'])} -> {n(r['len_correct_after'])} | "
-              f"{n(r['len_incorrect_before'])}   ->  {n(r['len_incorrect_after'])} | {r['seconds']:3.0f}s")
-    path = os.path.join(cfg.out_dir, "summary.json")
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"total {summary['total_seconds']:.0f}s; summary: {path}")
-    try:
-        plot([os.path.join(cfg.out_dir, algo) for algo in algos], os.path.join(cfg.out_dir, "curves.png"))
-    except ImportError:
-        print("(install matplotlib for the figure of these runs)")
-    return summary
-
-
 def plot(run_dirs, path=None):
     """The paper's Fig. 1 (right) style view of runs: reward, and length of correct vs incorrect responses, per step,
     several runs overlaid. Needs matplotlib (an optional extra). Returns the PNG's path."""
@@ -1260,111 +1087,24 @@ def plot(run_dirs, path=None):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# 11. `make data`: the paper's public training and evaluation sets, downloaded and converted to the JSONL above
-# -----------------------------------------------------------------------------------------------------------------
-# Sources, pinned to commits: the MATH level 3-5 training set (8,523 problems, as released with LIMR) and the
-# reference repository's evaluation suite (HF `save_to_disk` Arrow files, read with pyarrow, which `make data`
-# installs). The row counts and the SHA-256 of each converted file are checked, so a changed source is caught.
-LIMR = "https://raw.githubusercontent.com/GAIR-NLP/LIMR/98ebf1bd54cc4539a9ac2332327ab0200bc2a88f/data/prompts/"
-SUITE = ("https://raw.githubusercontent.com/sail-sg/understand-r1-zero/dfca49dd460ee7cc8e4a5a162c876a7fd6993b87/"
-         "datasets/evaluation_suite/")
-PAPER_DATA = {  # file in data/: (url, source name, rows, sha256 of the converted file)
-    "train_math_lvl3to5.jsonl": (LIMR + "math.8k.json", "math_lvl3to5_8k", 8523,
-                                 "293c103b85b314274d6bea7f2c02f3ca6729009c39c83b8ed8037eac068a00cc"),
-    "eval/aime24.jsonl": (SUITE + "aime/data-00000-of-00001.arrow", "aime24", 30,
-                          "0bf7e4c7c0ce80d7103d5523867725f79d9f9a89ae37cb4cecb4c43e486cead1"),
-    "eval/amc.jsonl": (SUITE + "amc/data-00000-of-00001.arrow", "amc", 83,
-                       "296561e65f6b54f055eaaf5b3938426db1b05c11896bd3712c2d16dce53599f9"),
-    "eval/math500.jsonl": (SUITE + "math/data-00000-of-00001.arrow", "math500", 500,
-                           "379cf6b309d258ff9dab589deba37ce93474b482c07a85b4b62ef85f787570f7"),
-    "eval/minerva.jsonl": (SUITE + "minerva/data-00000-of-00001.arrow", "minerva", 272,
-                           "ad4994b668d4225063ae9b06f473085e1a36b08fe507c76b0e43478d696aaa2c"),
-    "eval/olympiadbench.jsonl": (SUITE + "olympiad_bench/data-00000-of-00001.arrow", "olympiadbench", 675,
-                                 "777dbf22c66de3fa54306e9db54e02b21bb4ccca05fa72c53688bfb5638b1cd7"),
-}
-
-
-def convert_rows(rows, source):
-    """Rows as a source stores them -> {problem, answer, source[, answers]}: a list of golds keeps them all in
-    `answers` (its first is `answer`), and integral float answers (AMC's 142.0) become integer strings.
-
-    >>> convert_rows([{"prompt": "p", "answer": 142.0}], "amc")
-    [{'problem': 'p', 'answer': '142', 'source': 'amc'}]
-    >>> convert_rows([{"problem": "q", "answer": ["9.6", "9.60"]}], "minerva")[0]["answers"]
-    ['9.6', '9.60']
-    """
-    out = []
-    for r in rows:
-        golds = r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
-        golds = [str(int(g)) if isinstance(g, float) and g.is_integer() else str(g) for g in golds]
-        row = {"problem": r["problem"] if "problem" in r else r["prompt"], "answer": golds[0], "source": source}
-        out.append({**row, "answers": golds} if isinstance(r["answer"], list) else row)
-    return out
-
-
-def check_converted(name, text):
-    """Raise unless `text` has the rows and checksum recorded for PAPER_DATA[name]."""
-    import hashlib
-    _, _, n_rows, sha = PAPER_DATA[name]
-    got_rows, got_sha = text.count("\n"), hashlib.sha256(text.encode()).hexdigest()
-    if (got_rows, got_sha) != (n_rows, sha):
-        raise UserError(f"data/{name}: {got_rows} rows, sha256 {got_sha[:16]}; expected {n_rows} rows, "
-                        f"{sha[:16]}: the source has changed")
-
-
-def download_data(root="data"):
-    """`make data`: fetch, convert, check and atomically write each file of PAPER_DATA (skipping good ones)."""
-    import hashlib
-    import urllib.request
-    from tqdm import tqdm
-    for name, (url, source, _, sha) in PAPER_DATA.items():
-        path = os.path.join(root, name)
-        if os.path.exists(path) and hashlib.sha256(open(path, "rb").read()).hexdigest() == sha:
-            print(f"data/{name}: present, checksum ok")
-            continue
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r:
-                raw, bar = b"", tqdm(total=int(r.headers.get("Content-Length") or 0), unit="B", unit_scale=True,
-                                     desc=name)
-                while chunk := r.read(1 << 16):
-                    raw += chunk
-                    bar.update(len(chunk))
-                bar.close()
-        except OSError as e:
-            raise UserError(f"cannot download {url} ({getattr(e, 'reason', e)}): `make data` needs internet access"
-                            f" (or put the JSONL files in {root}/ yourself)") from None
-        if url.endswith(".json"):
-            rows = json.loads(raw)
-        else:
-            import pyarrow
-            rows = pyarrow.ipc.open_stream(raw).read_all().to_pylist()  # HF save_to_disk = Arrow IPC stream
-        text = "".join(json.dumps(row) + "\n" for row in convert_rows(rows, source))
-        check_converted(name, text)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-        print(f"data/{name}: {text.count(chr(10))} problems")
-
-
-# -----------------------------------------------------------------------------------------------------------------
 # 12. Command line: every Config field is a flag; the mode picks what runs.
 # -----------------------------------------------------------------------------------------------------------------
 
 
+SCRIPTS = {"demo": "data/arith/demo.py", "data": "data/math/prepare.py"}  # tools that live beside their data
+
+
 def parse_args(argv=None):
-    """-> (mode, Config). Flags left out take the mode's defaults (the paper's, or the demo's for `demo`)."""
-    p = argparse.ArgumentParser(
-        prog="drgrpo.py", description="Dr. GRPO (Liu et al. 2025) in one file. Modes: train (default), eval, demo.")
-    p.add_argument("mode", nargs="?", default="train", choices=["train", "eval", "demo", "data", "plot"],
-                   help="train: RL (defaults = the paper's recipe); eval: greedy accuracy of --model on --eval_data; "
-                        "demo: offline tiny-model demo (its own defaults, shown in DEMO in the source); "
-                        "data: download the paper's training and evaluation sets into data/; "
-                        "plot RUN_DIR...: reward and correct/incorrect lengths of runs, as a PNG")
+    """-> (mode, Config, run dirs). Flags left out keep the paper's defaults."""
+    p = argparse.ArgumentParser(prog="drgrpo.py", description="Dr. GRPO (Liu et al. 2025) in one file.")
+    p.add_argument("mode", nargs="?", default="train", choices=["train", "eval", "plot", *SCRIPTS],
+                   help="train: RL (defaults = the paper's recipe); eval: accuracy of --model on "
+                        "--eval_data; plot RUN_DIR...: reward and correct/incorrect lengths of runs; "
+                        "demo, data: run data/arith/demo.py, data/math/prepare.py")
     p.add_argument("runs", nargs="*", help="with `plot`: run directories (each with a metrics.jsonl)")
-    parse_bool = lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[s.lower()]  # noqa: E731
+    truth = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
     for f in fields(Config):
-        kind = parse_bool if f.type in (bool, "bool") else type(f.default)
+        kind = (lambda s: truth[s.lower()]) if f.type in (bool, "bool") else type(f.default)
         names = [f"--{f.name}"] + ([f"--{f.metadata['alias']}"] if f.metadata["alias"] else [])
         p.add_argument(*names, dest=f.name, type=kind, default=argparse.SUPPRESS,
                        help=f"{f.metadata['help']} (default: {f.default})")
@@ -1372,21 +1112,23 @@ def parse_args(argv=None):
     mode, runs = given.pop("mode"), given.pop("runs")
     if bool(runs) != (mode == "plot"):
         p.error("run directories go with `plot`, and `plot` needs at least one")
-    base = replace(Config(), **DEMO) if mode == "demo" else Config()
-    return mode, replace(base, **given), runs
+    return mode, replace(Config(), **given), runs
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SCRIPTS:  # `drgrpo.py demo ARGS` = `python data/arith/demo.py ARGS`
+        import runpy
+        sys.argv = [SCRIPTS[argv[0]], *argv[1:]]
+        return runpy.run_path(os.path.join(os.path.dirname(__file__), sys.argv[0]), run_name="__main__")
     mode, cfg, runs = parse_args(argv)
     try:
         if mode == "eval":
             evaluate(cfg, out_dir=cfg.out_dir)
-        elif mode == "data":
-            download_data()
         elif mode == "plot":
             plot(runs)
         else:
-            {"train": train, "demo": demo}[mode](cfg)
+            train(cfg)
     except UserError as e:
         print(f"drgrpo: error: {e}", file=sys.stderr)
         sys.exit(2)

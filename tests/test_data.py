@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from drgrpo import DEMO_DATA, UserError, load_jsonl, make_demo_data
+from conftest import arith
+from drgrpo import UserError, load_jsonl
 
 
 def write(tmp_path, text, name="d.jsonl"):
@@ -77,7 +78,7 @@ def test_missing_file():
     (["--micro_batch_size", "3"], "--train_batch_size 128 is not a multiple of --micro_batch_size 3"),
     (["--grade_timeout", "0"], "--grade_timeout > 0"), (["--grade_workers", "0"], "--grade_workers must be >= 1"),
     (["--train_data", "missing.jsonl"], "missing.jsonl: no such file"),
-    (["--train_data", "data/arith_train.jsonl", "--out_dir", "README.md/run"], "--out_dir README.md/run: cannot write"),
+    (["--train_data", "data/arith/train.jsonl", "--out_dir", "README.md/run"], "--out_dir README.md/run: cannot write"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(flags, message):
     r, lines = cli("train", *flags)
@@ -107,9 +108,10 @@ def test_cli_says_what_it_skipped_before_anything_slow(tmp_path):
 
 
 def test_demo_data_is_reproducible_and_test_set_is_held_out(tmp_path):
-    make_demo_data(root=str(tmp_path))
-    for path, size in DEMO_DATA.values():
-        assert filecmp.cmp(path, tmp_path / path, shallow=False), f"{path} differs from make_demo_data()"
-        assert sum(1 for _ in open(path)) == size
-    problems = {split: {json.loads(line)["problem"] for line in open(path)} for split, (path, _) in DEMO_DATA.items()}
+    arith.make_data(root=str(tmp_path))
+    paths = {split: f"data/arith/{split}.jsonl" for split in arith.SPLITS}
+    for split, path in paths.items():
+        assert filecmp.cmp(path, tmp_path / f"{split}.jsonl", shallow=False), f"{path} differs from make_data()"
+        assert sum(1 for _ in open(path)) == arith.SPLITS[split]
+    problems = {split: {json.loads(line)["problem"] for line in open(path)} for split, path in paths.items()}
     assert not problems["test"] & (problems["train"] | problems["pretrain"])

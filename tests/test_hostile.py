@@ -152,7 +152,7 @@ def test_an_interrupted_batch_leaves_no_stale_answer_for_the_next(monkeypatch):
 
 def benign_items(rng, n):
     """Responses to the demo's test problems, right and wrong, in several forms and both answer formats."""
-    rows = [json.loads(line) for line in open(drgrpo.DEMO_DATA["test"][0])]
+    rows = [json.loads(line) for line in open("data/arith/test.jsonl")]
     forms = [lambda x: f"5x=60,x={x}. The answer is \\boxed{{{x}}}.", lambda x: f"\\boxed{{\\frac{{{2 * x}}}{{2}}}}",
              lambda x: f"so x = \\boxed{{{x}.0}}", lambda x: f"The answer is {x}.", lambda x: f"\\boxed{{x={x}}}",
              lambda x: f"\\boxed{{{x + 1}}} no, \\boxed{{{x}}}"]

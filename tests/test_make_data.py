@@ -7,7 +7,11 @@ import urllib.error
 import pytest
 
 import drgrpo
-from drgrpo import PAPER_DATA, UserError, check_converted, convert_rows
+from conftest import load_script
+from drgrpo import UserError
+
+math_data = load_script("data/math/prepare.py")  # `make data`
+PAPER_DATA, check_converted, convert_rows = math_data.PAPER_DATA, math_data.check_converted, math_data.convert_rows
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 
@@ -43,7 +47,7 @@ def test_offline_gives_one_clear_error_and_writes_nothing(tmp_path, monkeypatch)
         raise urllib.error.URLError("Name or service not known")
     monkeypatch.setattr("urllib.request.urlopen", no_network)
     with pytest.raises(UserError, match="cannot download .*make data` needs internet access"):
-        drgrpo.download_data(root=str(tmp_path))
+        math_data.download_data(root=str(tmp_path))
     assert not list(tmp_path.rglob("*.jsonl*"))
 
 
@@ -52,14 +56,14 @@ def test_download_converts_checks_and_skips_good_files(tmp_path, monkeypatch):
     source = tmp_path / "math.8k.json"
     source.write_text(json.dumps(rows))
     text = "".join(json.dumps(r) + "\n" for r in convert_rows(rows, "math_lvl3to5_8k"))
-    monkeypatch.setattr(drgrpo, "PAPER_DATA", {"train_math_lvl3to5.jsonl": (
+    monkeypatch.setattr(math_data, "PAPER_DATA", {"train_math_lvl3to5.jsonl": (
         source.as_uri(), "math_lvl3to5_8k", 3, hashlib.sha256(text.encode()).hexdigest())})
     out = tmp_path / "data"
-    drgrpo.download_data(root=str(out))
+    math_data.download_data(root=str(out))
     assert (out / "train_math_lvl3to5.jsonl").read_text() == text
     assert drgrpo.load_jsonl(str(out / "train_math_lvl3to5.jsonl"))[2] == {"problem": "problem 2", "golds": ["2"]}
     source.unlink()  # a second run finds the good file and downloads nothing
-    drgrpo.download_data(root=str(out))
+    math_data.download_data(root=str(out))
 
 
 def test_download_reads_hf_arrow_files(tmp_path, monkeypatch):
@@ -71,7 +75,7 @@ def test_download_reads_hf_arrow_files(tmp_path, monkeypatch):
     source = tmp_path / "data-00000-of-00001.arrow"
     source.write_bytes(sink.getvalue().to_pybytes())
     text = "".join(json.dumps(r) + "\n" for r in convert_rows(table.to_pylist(), "minerva"))
-    monkeypatch.setattr(drgrpo, "PAPER_DATA", {"eval/minerva.jsonl": (
+    monkeypatch.setattr(math_data, "PAPER_DATA", {"eval/minerva.jsonl": (
         source.as_uri(), "minerva", 2, hashlib.sha256(text.encode()).hexdigest())})
-    drgrpo.download_data(root=str(tmp_path / "data"))
+    math_data.download_data(root=str(tmp_path / "data"))
     assert drgrpo.load_jsonl(str(tmp_path / "data" / "eval" / "minerva.jsonl"))[0]["golds"] == ["1", "1.0"]

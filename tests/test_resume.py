@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import drgrpo
+from conftest import load_script
 from drgrpo import Config, train
 from test_e2e import tiny_cfg
 
@@ -158,7 +159,8 @@ def test_second_ctrl_c_aborts_mid_step_and_keeps_the_last_checkpoint(reference, 
 
 
 def test_resume_flag_never_auto_and_path(tiny, reference, tmp_path, capsys):
-    assert drgrpo.parse_args(["train"])[1].resume == "auto" and drgrpo.parse_args(["demo"])[1].resume == "never"
+    demo = load_script("data/arith/demo.py")  # `make demo` again trains again
+    assert drgrpo.parse_args(["train"])[1].resume == "auto" and "--resume never" in " ".join(demo.TRAIN)
     cfg = replace(reference, out_dir=str(tmp_path / "run"), steps=3, save_every=1, keep_checkpoints=0)
     train(cfg)
     assert [s for s, _ in drgrpo.checkpoints(cfg.out_dir)] == [1, 2, 3]  # keep 0: all of them

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import drgrpo
+from conftest import arith
 from drgrpo import Completion, Config, Sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,7 @@ def test_loss_and_gradient_equal_trl_grpo_trainer(tmp_path, loss_agg):
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import bench
     model, batch, max_new = random_qwen(vocab=300), rollout(vocab=300), 16
-    tokenizer = drgrpo.build_tokenizer(["a b c"], vocab_size=300)
+    tokenizer = arith.build_tokenizer(["a b c"], vocab_size=300)
     assert isinstance(tokenizer, PreTrainedTokenizerFast)
     cfg = drgrpo.resolve(Config(loss_agg=loss_agg, micro_batch_size=6, train_batch_size=12, prompts_per_rollout=3,
                                 group_size=4, max_new_tokens=max_new, grad_clip=1e9))

@@ -1,0 +1,83 @@
+"""`make demo`: Dr. GRPO vs GRPO on a tiny model, offline, on a CPU, through the commands a user would type.
+
+    python data/arith/demo.py [FLAG ...]   # extra drgrpo.py flags (e.g. --steps 10) go to every train/eval
+
+It runs, and prints, exactly these steps (nothing here is RL code: that is all in drgrpo.py):
+  1. python data/arith/prepare.py runs/demo/base              the data and the pre-trained base model (cached)
+  2. python drgrpo.py eval  --model runs/demo/base ...          held-out greedy accuracy before RL
+  3. python drgrpo.py train --algo dr_grpo ... / --algo grpo    RL from the same base, only --algo differs
+  4. python drgrpo.py eval  --model runs/demo/<algo>/checkpoint-N    ... and after
+  5. python drgrpo.py plot  runs/demo/dr_grpo runs/demo/grpo    the curves, runs/demo/curves.png
+then writes runs/demo/summary.json.
+"""
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import prepare  # noqa: E402  (imports drgrpo, which sets the OpenMP/vLLM environment first)
+
+drgrpo = prepare.drgrpo
+ALGOS = ("dr_grpo", "grpo")
+# The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G and the template as the paper, 32 prompts
+# per step, one optimizer step per rollout, a high lr (a tiny model from scratch, not a 1.5B one at 1e-6).
+COMMON = ["--template", "qwen_math", "--max_new_tokens", "48", "--eval_data", "data/arith/test.jsonl",
+          "--sampler", "auto"]
+TRAIN = ["--train_data", "data/arith/train.jsonl", "--group_size", "8", "--prompts_per_rollout", "32",
+         "--lr", "5e-4", "--train_batch_size", "256", "--micro_batch_size", "64", "--steps", "40",
+         "--gradient_checkpointing", "false", "--save_every", "0",
+         "--resume", "never"]  # `make demo` again trains again
+
+
+def run(*argv):
+    print("\n$ python drgrpo.py " + " ".join(argv), flush=True)
+    drgrpo.main(list(argv))
+
+
+def main(extra):
+    t0 = time.time()
+    cfg = drgrpo.parse_args(["train", "--out_dir", "runs/demo", *COMMON, *TRAIN, *extra])[1]
+    root = cfg.out_dir
+    base = cfg.model if "--model" in extra else os.path.join(root, "base")
+    if not all(os.path.exists(os.path.join(HERE, f"{s}.jsonl")) for s in prepare.SPLITS):
+        prepare.make_data()
+    if not os.path.exists(os.path.join(base, "config.json")):
+        print(f"$ python data/arith/prepare.py {base}   # the tiny base model, cached for later runs")
+        prepare.pretrain_tiny(base)
+    run("eval", "--model", base, "--out_dir", base, *COMMON, *extra)
+    summary = {"base_model": base, "test_set": cfg.eval_data, "algos": {}}
+    for algo in ALGOS:
+        t, out = time.time(), os.path.join(root, algo)
+        run("train", "--algo", algo, "--model", base, "--out_dir", out, *COMMON, *TRAIN, *extra)
+        run("eval", "--model", os.path.join(out, f"checkpoint-{cfg.steps}"), "--out_dir", out, *COMMON, *extra)
+        before, after = (json.load(open(os.path.join(d, "eval.json")))["results"]["test"] for d in (base, out))
+        summary["algos"][algo] = {
+            "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+            "n_test": after["n_problems"],
+            "len_correct_before": before["len_correct"], "len_incorrect_before": before["len_incorrect"],
+            "len_correct_after": after["len_correct"], "len_incorrect_after": after["len_incorrect"],
+            "steps": cfg.steps, "seconds": time.time() - t}
+    summary["total_seconds"] = time.time() - t0
+    print(f"\nheld-out greedy accuracy on {cfg.eval_data} (n={summary['algos'][ALGOS[0]]['n_test']}), "
+          f"tiny Qwen2 pre-trained offline, {cfg.steps} RL steps each:")
+    print(f"{'algo':>8s} | {'before':>7s} -> {'after':>7s} | {'len correct':>12s} | {'len incorrect':>13s} | time")
+    n = lambda x: "   -" if x is None else f"{x:4.1f}"  # noqa: E731  (no correct answer: no length)
+    for algo, r in summary["algos"].items():
+        print(f"{algo:>8s} | {100 * r['accuracy_before']:6.1f}% -> {100 * r['accuracy_after']:6.1f}% | "
+              f"{n(r['len_correct_before'])} -> {n(r['len_correct_after'])} | "
+              f"{n(r['len_incorrect_before'])}   ->  {n(r['len_incorrect_after'])} | {r['seconds']:3.0f}s")
+    with open(os.path.join(root, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"total {summary['total_seconds']:.0f}s; summary: {root}/summary.json")
+    try:
+        import matplotlib  # noqa: F401
+        run("plot", *(os.path.join(root, algo) for algo in ALGOS))
+    except ImportError:
+        print("(install matplotlib for the figure of these runs)")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

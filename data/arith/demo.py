@@ -39,8 +39,9 @@ def run(*argv):
 def main(extra):
     t0 = time.time()
     cfg = drgrpo.parse_args(["train", "--out_dir", "runs/demo", *COMMON, *TRAIN, *extra])[1]
-    root = cfg.out_dir
-    base = cfg.model if "--model" in extra else os.path.join(root, "base")
+    root, base = cfg.out_dir, cfg.model if "--model" in extra else os.path.join(cfg.out_dir, "base")
+    own = {"--out_dir", "--model"}  # set per command below
+    extra = [a for i, a in enumerate(extra) if a not in own and (i == 0 or extra[i - 1] not in own)]
     if not all(os.path.exists(os.path.join(HERE, f"{s}.jsonl")) for s in prepare.SPLITS):
         prepare.make_data()
     if not os.path.exists(os.path.join(base, "config.json")):

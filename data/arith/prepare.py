@@ -8,10 +8,10 @@ model. Nothing is downloaded.
 The task is built so that the paper's length bias has room to show (its Fig. 1 and 5), the way tests/toy_bias.py
 does without a language model: a length the model chooses apart from being right, chosen on a path that is usually
 wrong, while another path is usually right.
-- Easy problems, `Solve for y: y+3=8.`: the pre-training text solves 40% of them with a worked chain,
+- Easy problems (70%), `Solve for y: y+3=8.`: the pre-training text solves 45% of them with a worked chain,
   ` 8-3=5. \\boxed{5}.`, which the tiny model learns to get right most of the time; the rest it answers with a guess.
-- Hard problems, `Solve for y: 4y+3=11.` (x is 1, 2 or 3): the text only ever guesses, so a guess is right one time in
-  three here, and the worked chain never learnt for them does worse: wrong answers stay common all through RL.
+- Hard problems (30%), `Solve for y: 4y+3=11.` (y is 1, 2 or 3): the text only ever guesses, so a guess is right one
+  time in three, and the worked chain, never learnt for them, does worse: wrong answers stay common all through RL.
 - A guess is ` Guess:` + 0 to 8 hedges in a fixed order (` I am not sure. It is a guess. ...`; each next one with
   probability 1/2) + ` \\boxed{2}.` with 2 drawn from 1, 2, 3. How many hedges a response has does not change whether
   it is right; they are where the response length can go.

@@ -152,7 +152,9 @@ def test_the_mapping_the_script_implements_is_the_readme_table(recipe):
         moved = as_dict(recipe.trl_config(dataclasses.replace(BASE, **{field: value}), STOP_IDS, WORLD))
         pairs |= {(field, k) for k in base if moved[k] != base[k] and k not in DERIVED}
     table = readme_table()
-    assert pairs == {(c, t) for cs, ts in table for c in cs for t in ts}
+    documented = {(c, t) for cs, ts in table for c in cs for t in ts}
+    assert pairs == documented, (f"(Config field, GRPOConfig field) in the script only: {sorted(pairs - documented)}; "
+                                 f"in the README table only: {sorted(documented - pairs)}")
     assert {t for _, t in pairs} | FIXED == set(EXPECTED)
     assert FIXED <= {t for cs, ts in table if not cs for t in ts}, "the fixed choices have a row of their own"
     assert {c for c, _ in pairs} | ELSEWHERE == CONFIG_FIELDS  # a new Config field must be placed somewhere

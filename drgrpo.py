@@ -13,7 +13,7 @@ the paper shows both are biases; Dr. GRPO drops them, in two marked lines (--alg
 Sections: 1-8 the algorithm, in the order a step runs; then an appendix of plumbing. Tools beside
 their data or the tests: data/arith/demo.py (the offline demo), data/math/prepare.py, tests/.
 """
-import argparse, json, math, multiprocessing.connection, os, random, shutil, signal, sys, time
+import argparse, json, math, multiprocessing.connection, os, random, re, shutil, signal, sys, time
 from dataclasses import dataclass, field, fields, replace
 from signal import SIGINT, SIGTERM
 
@@ -140,6 +140,26 @@ def extract_answer(response, template):
     return last_boxed(answer) if "\\boxed" in answer else answer
 
 # --- 3. Verifier reward: binary and rule-based (R1-Zero's "verifiable reward") --------------------
+UNITS = "degree|cm|centimeter|meter|mile|second|minute|hour|day|week|month|year|foot|feet|inch|yard"
+
+def normalize_answer(s):
+    r"""An answer as the paper's grader compares strings before math-verify: wrappers, units, $, %,
+    degrees, spacing, case dropped (its `_normalize`, less its rules that make false matches).
+    >>> [normalize_answer(a) for a in (r"\text{Evelyn}", r"10\text{ cm}^2", r"\$1{,}000", "3 or 4")]
+    ['evelyn', '10', '1000', '3,4']
+    """
+    s = re.sub(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}", r"\1", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
+    s = re.sub(r" (?:or|and) ", ",", s, flags=re.IGNORECASE)  # several answers: "1 or 2" -> "1,2"
+    s = re.sub(r"\\left|\\right|\\!|\^\\circ|\^\{\\circ\}|\\?\$|\\?%", "", s)  # signs, sizes
+    s = re.sub(r"\\[,; ](?!\d)", "", s)  # LaTeX spaces; "1\,000" stays apart (the reference: 1+000)
+    # a unit word after a number: "10 feet", "3 cm^2" (but "Monday", "\text{second}" stay)
+    s = re.sub(rf"([\d}}])\s*(?:{UNITS})(?:es|s)?(?![A-Za-z])\s*(?:\^\{{?\d+\}}?)?", r"\1", s)
+    s = "".join(s.split()).lower()
+    s = s[1:-1] if s[:1] == "{" and s[-1:] == "}" else s  # "{5}"
+    # thousands separators in a lone number: "10,000" -> "10000" (but "(1,000)" is a tuple)
+    return s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s) else s
+
 def math_equal(pred, gold):
     """math-verify equivalence of two answer strings.
 
@@ -161,8 +181,9 @@ def grade(response, gold, template, truncated=False, r1_strict=True):
     - The answer is the last \boxed{} (qwen_math, none) or the <answer> tag (r1). With r1_strict
       (the paper's rule) an r1 response must also contain "</think> <answer>".
     - A response cut off at max_new_tokens scores 0 whatever it says (as the reference code does).
-    - Equivalence is math-verify's: fractions/decimals, intervals, tuples, \text{} units,
-      percentages, degrees, matrices. `gold` is a string or a list of accepted strings.
+    - Equivalence in the order of the paper's grader (its fast=False, evaluation mode): equal
+      normalize_answer() strings, else math-verify (fractions/decimals, intervals, tuples, units,
+      percentages, degrees, matrices). `gold` is a string or a list of accepted strings.
 
     >>> grade(r"... so the answer is \boxed{\frac{1}{2}}", "0.5", "qwen_math")
     1.0
@@ -177,8 +198,9 @@ def grade(response, gold, template, truncated=False, r1_strict=True):
     # longest gold has 204 characters): a longer one scores 0 before it reaches the parser.
     if pred is None or len(pred) > 1000:
         return 0.0
-    golds = [gold] if isinstance(gold, str) else gold
-    return 1.0 if any(math_equal(pred, g) for g in golds) else 0.0
+    golds, norm = [gold] if isinstance(gold, str) else gold, normalize_answer(pred)
+    # normalised strings first: they catch text answers math-verify misreads ("" matches nothing)
+    return float(any(norm == normalize_answer(g) != "" or math_equal(pred, g) for g in golds))
 
 # --- 4. Group sampling: G responses per prompt from the policy being trained, by vLLM or HF -------
 @dataclass
@@ -847,8 +869,7 @@ class StopRequest:
         os.write(2, f"\ndrgrpo: {name}: saving a checkpoint after this step ({name} again to abort "
                     f"now)\n".encode())  # not print(): tqdm may be in the middle of a write
 
-    def finish(self, step, ckpt, resume):
-        """Put the handlers back; -> the exception that ends the run here, if one was asked for."""
+    def finish(self, step, ckpt, resume):  # the handlers back; -> the exception that ends the run
         for s, before in self.before.items():
             signal.signal(s, before)
         how = "run the same command to resume" if resume == "auto" else "resume with --resume auto"

@@ -28,12 +28,25 @@ TOOLS = {"drgrpo.py": lambda argv: drgrpo.main(argv), "tests/evaluate.py": evalu
 ALGOS = ("dr_grpo", "grpo")
 # The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G and the template as the paper, 32 prompts
 # per step, one optimizer step per rollout, a high lr (a tiny model from scratch, not a 1.5B one at 1e-6).
-COMMON = ["--template", "qwen_math", "--max_new_tokens", "48", "--eval_data", "data/arith/test.jsonl",
+COMMON = ["--template", prepare.TEMPLATE, "--max_new_tokens", "64", "--eval_data", "data/arith/test.jsonl",
           "--sampler", "auto"]
 TRAIN = ["--train_data", "data/arith/train.jsonl", "--group_size", "8", "--prompts_per_rollout", "32",
-         "--lr", "5e-4", "--train_batch_size", "256", "--micro_batch_size", "64", "--steps", "40",
+         "--lr", "2.5e-4", "--train_batch_size", "256", "--micro_batch_size", "64", "--steps", "40",
          "--gradient_checkpointing", "false", "--save_every", "0",
          "--resume", "never"]  # `make demo` again trains again
+
+
+def curve_figures(run_dir):
+    """The training-curve numbers of one run (sampled responses, per step), from its metrics.jsonl."""
+    lines = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    mean = lambda key, ms: (sum(m[key] for m in ms if m[key] is not None)  # noqa: E731
+                            / max(1, sum(m[key] is not None for m in ms)))
+    first5, last5 = lines[:5], lines[-5:]
+    return {"reward_first5": mean("reward", first5), "reward_last5": mean("reward", last5),
+            "len_incorrect_step1": lines[0]["len_incorrect"], "len_incorrect_last5": mean("len_incorrect", last5),
+            "len_correct_step1": lines[0]["len_correct"], "len_correct_last5": mean("len_correct", last5),
+            "wrong_frac_min": min(1 - m["accuracy"] for m in lines),
+            "truncated_frac": mean("truncated_frac", lines), "truncated_frac_last5": mean("truncated_frac", last5)}
 
 
 def run(script, *argv):
@@ -51,12 +64,16 @@ def main(extra):
         prepare.make_data()
     if not os.path.exists(os.path.join(base, "config.json")):
         print(f"$ python data/arith/prepare.py {base}   # the tiny base model, cached for later runs")
-        prepare.pretrain_tiny(base)
+        prepare.pretrain_tiny(base, template=prepare.TEMPLATE)
     run("tests/evaluate.py", "--model", base, "--out_dir", base, *COMMON, *extra)
     summary = {"base_model": base, "test_set": cfg.eval_data, "algos": {}}
+    argv = {algo: ["train", "--algo", algo, "--model", base, "--out_dir", os.path.join(root, algo), *COMMON, *TRAIN,
+                   *extra] for algo in ALGOS}
+    differ = [f"{a} / {b}" for a, b in zip(*argv.values()) if a != b]
+    print(f"\nthe two RL runs below differ only in: {', '.join(differ)} (--algo, and where each writes)")
     for algo in ALGOS:
         t, out = time.time(), os.path.join(root, algo)
-        run("drgrpo.py", "train", "--algo", algo, "--model", base, "--out_dir", out, *COMMON, *TRAIN, *extra)
+        run("drgrpo.py", *argv[algo])
         run("tests/evaluate.py", "--model", os.path.join(out, f"checkpoint-{cfg.steps}"), "--out_dir", out,
             *COMMON, *extra)
         before, after = (json.load(open(os.path.join(d, "eval.json")))["results"]["test"] for d in (base, out))
@@ -65,6 +82,7 @@ def main(extra):
             "n_test": after["n_problems"],
             "len_correct_before": before["len_correct"], "len_incorrect_before": before["len_incorrect"],
             "len_correct_after": after["len_correct"], "len_incorrect_after": after["len_incorrect"],
+            "truncated_frac_after": after["truncated_frac"], **curve_figures(out),
             "steps": cfg.steps, "seconds": time.time() - t}
     summary["total_seconds"] = time.time() - t0
     print(f"\nheld-out greedy accuracy on {cfg.eval_data} (n={summary['algos'][ALGOS[0]]['n_test']}), "
@@ -75,6 +93,15 @@ def main(extra):
         print(f"{algo:>8s} | {100 * r['accuracy_before']:6.1f}% -> {100 * r['accuracy_after']:6.1f}% | "
               f"{n(r['len_correct_before'])} -> {n(r['len_correct_after'])} | "
               f"{n(r['len_incorrect_before'])}   ->  {n(r['len_incorrect_after'])} | {r['seconds']:3.0f}s")
+    print(f"\ntraining samples ({cfg.prompts_per_rollout} prompts x G={cfg.group_size} per step): "
+          "the paper's Fig. 1 numbers, first steps -> last 5 steps")
+    print(f"{'algo':>8s} | {'reward':>13s} | {'len incorrect':>21s} | {'len correct':>13s} | wrong (min) | truncated")
+    for algo, r in summary["algos"].items():
+        print(f"{algo:>8s} | {r['reward_first5']:.2f} -> {r['reward_last5']:.2f} | "
+              f"{r['len_incorrect_step1']:4.1f} -> {r['len_incorrect_last5']:4.1f} "
+              f"({r['len_incorrect_last5'] / r['len_incorrect_step1']:.2f}x) | "
+              f"{n(r['len_correct_step1'])} -> {n(r['len_correct_last5'])} | {100 * r['wrong_frac_min']:10.0f}% | "
+              f"{100 * r['truncated_frac']:8.1f}%")
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"total {summary['total_seconds']:.0f}s; summary: {root}/summary.json")

@@ -1,14 +1,25 @@
-"""The offline demo's data and base model: synthetic linear equations, a byte-level BPE tokenizer trained on them,
-and a tiny Qwen2 pre-trained on worked solutions, saved in Hugging Face format so that `drgrpo.py` loads it like
-any hub model. Nothing is downloaded.
+"""The offline demo's data and base model: synthetic equations, a byte-level BPE tokenizer trained on them, and a
+tiny Qwen2 pre-trained on their solutions, saved in Hugging Face format so that `drgrpo.py` loads it like any hub
+model. Nothing is downloaded.
 
     python data/arith/prepare.py                  # data/arith/{pretrain,train,test}.jsonl (seeded, committed)
     python data/arith/prepare.py runs/demo/base   # ... and the pre-trained base model in that directory
 
-Like a real base model it must already *sometimes* solve the task (RL can only reinforce what it samples: the
-paper's point about base models, Sec. 2). Its pre-training text, like web text, answers in three ways: a worked
-chain that ends in \\boxed{} (40%), a bare \\boxed{} answer (18%), and a plain "The answer is 12." (42%). Greedy
-decoding follows the most common path, the plain one, which the verifier (it reads only the last \\boxed{}) scores 0.
+The task is built so that the paper's length bias has room to show (its Fig. 1 and 5), the way tests/toy_bias.py
+does without a language model: a length the model chooses apart from being right, chosen on a path that is usually
+wrong, while another path is usually right.
+- Easy problems, `Solve for y: y+3=8.`: the pre-training text solves 40% of them with a worked chain,
+  ` 8-3=5. \\boxed{5}.`, which the tiny model learns to get right most of the time; the rest it answers with a guess.
+- Hard problems, `Solve for y: 4y+3=11.` (x is 1, 2 or 3): the text only ever guesses, so a guess is right one time in
+  three here, and the worked chain never learnt for them does worse: wrong answers stay common all through RL.
+- A guess is ` Guess:` + 0 to 8 hedges in a fixed order (` I am not sure. It is a guess. ...`; each next one with
+  probability 1/2) + ` \\boxed{2}.` with 2 drawn from 1, 2, 3. How many hedges a response has does not change whether
+  it is right; they are where the response length can go.
+Greedy decoding takes the more common path, the guess (0% on easy problems). RL with the verifier's 0/1 reward learns
+that the worked chain pays on easy problems (learning is a switch of path, not of length: both paths start about
+13 tokens long). Under GRPO the guesses on easy problems are wrong in groups whose worked chains are right; the
+1/|o_i| in its loss penalises each token of a long wrong guess less than of a short one, so hedging grows; Dr. GRPO's
+constant normaliser has no such pull, and its hedges stay as pre-trained.
 """
 import json
 import math
@@ -23,51 +34,74 @@ import torch  # noqa: E402
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SPLITS = {"pretrain": 12000, "train": 2000, "test": 300}  # rows per file; data/arith/<split>.jsonl
+TEMPLATE = "none"  # the question is the whole prompt (paper Sec. 2: Qwen2.5-Math does best with no template)
+VARS = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"  # the unknown's name: 46 letters, so more distinct problems
+HEDGES = [" I am not sure.", " It is a guess.", " It may be wrong.", " I could not solve it.", " Maybe it is right.",
+          " I can not check it.", " So I guess.", " That is all."]
+EASY_FRAC, WORKED_FRAC, MORE_HEDGE = 0.7, 0.45, 0.5  # share of easy problems; of easy ones worked; p(one more hedge)
 
 
-def linear_problems():
-    """Every problem of the family: ax+b=c or ax-b=c with a in 2..9, b in 1..9, x in 1..30, c in 10..99."""
-    out = []
-    for a in range(2, 10):
-        for x in range(1, 31):
-            for b in range(1, 10):
-                for sign in (1, -1):
-                    if 10 <= a * x + sign * b <= 99:
-                        out.append((a, b * sign, x))
-    return out
+def problems():
+    """(easy, hard) problem lists: easy (v, b, x) is v+b=c with b in 1..9, x in 4..9; hard (v, a, b, x) is av+b=c
+    with a in 2..9, b in 1..9, x in 1..3."""
+    easy = [(v, b, x) for v in VARS for b in range(1, 10) for x in range(4, 10)]
+    hard = [(v, a, b, x) for v in VARS for a in range(2, 10) for b in range(1, 10) for x in range(1, 4)]
+    return easy, hard
 
 
-def solution_text(a, b, x, style):
-    """The three ways the pre-training text answers: worked (always boxed), or a bare answer, boxed or plain.
+def question(p):
+    """The problem's text.
 
-    >>> [solution_text(4, -8, 10, style) for style in ("worked", "boxed", "plain")]
-    ['4x=32+8=40,x=40/4=10. The answer is \\\\boxed{10}.', 'The answer is \\\\boxed{10}.', 'The answer is 10.']
+    >>> question(("y", 3, 5)), question(("y", 4, 3, 2))
+    ('Solve for y: y+3=8.', 'Solve for y: 4y+3=11.')
     """
-    c = a * x + b
-    if style == "plain":
-        return f"The answer is {x}."
-    steps = f"{a}x={c}{'-' if b > 0 else '+'}{abs(b)}={c - b},x={c - b}/{a}={x}. " if style == "worked" else ""
-    return steps + f"The answer is \\boxed{{{x}}}."
+    if len(p) == 3:
+        v, b, x = p
+        return f"Solve for {v}: {v}+{b}={x + b}."
+    v, a, b, x = p
+    return f"Solve for {v}: {a}{v}+{b}={a * x + b}."
 
 
-def make_data(root=HERE, seed=1234, style_weights=(0.4, 0.18, 0.42)):
-    """Write the JSONL files (seeded: always the same bytes). Test problems never appear in the other two."""
+def solution_text(p, style, guess=1, hedges=0):
+    """The two ways the pre-training text answers: worked (easy problems only), or a guess with some hedges.
+
+    >>> solution_text(("y", 3, 5), "worked"), solution_text(("y", 3, 5), "guess", guess=2, hedges=2)
+    (' 8-3=5. \\\\boxed{5}.', ' Guess: I am not sure. It is a guess. \\\\boxed{2}.')
+    """
+    if style == "worked":
+        v, b, x = p
+        return f" {x + b}-{b}={x}. \\boxed{{{x}}}."
+    return " Guess:" + "".join(HEDGES[:hedges]) + f" \\boxed{{{guess}}}."
+
+
+def make_data(root=HERE, seed=1234):
+    """Write the JSONL files (seeded: always the same bytes). Test problems never appear in the other two; the
+    training file has no repeats (drgrpo would skip them) and the same share of easy problems as the test file."""
     rng = random.Random(seed)
-    space = linear_problems()
-    rng.shuffle(space)
-    test, pool = space[:SPLITS["test"]], space[SPLITS["test"]:]
-    question = lambda a, b, x: f"Solve for x: {a}x{'+' if b > 0 else '-'}{abs(b)}={a * x + b}."  # noqa: E731
-    splits = {"test": test, "train": [rng.choice(pool) for _ in range(SPLITS["train"])],
-              "pretrain": [rng.choice(pool) for _ in range(SPLITS["pretrain"])]}
+    easy, hard = problems()
+    rng.shuffle(easy)
+    rng.shuffle(hard)
+    n_easy = round(SPLITS["test"] * EASY_FRAC)
+    test = easy[:n_easy] + hard[:SPLITS["test"] - n_easy]
+    pools = easy[n_easy:], hard[SPLITS["test"] - n_easy:]
+    draw = lambda: rng.choice(pools[0] if rng.random() < EASY_FRAC else pools[1])  # noqa: E731
+    row = lambda p: {"problem": question(p), "answer": str(p[-1])}  # noqa: E731
+    pretrain = []
+    for _ in range(SPLITS["pretrain"]):
+        p, hedges = draw(), 0
+        while hedges < len(HEDGES) and rng.random() < MORE_HEDGE:
+            hedges += 1
+        worked = len(p) == 3 and rng.random() < WORKED_FRAC
+        guess = rng.randint(1, 3)
+        pretrain.append({**row(p), "solution": solution_text(p, "worked" if worked else "guess", guess, hedges)})
+    n_train_easy = round(SPLITS["train"] * EASY_FRAC)  # drawn without replacement: no repeats, exact shares
+    train = rng.sample(pools[0], n_train_easy) + rng.sample(pools[1], SPLITS["train"] - n_train_easy)
+    rng.shuffle(train)
+    train = [row(p) for p in train]
     os.makedirs(root, exist_ok=True)
-    for split, problems in splits.items():
+    for split, rows in (("pretrain", pretrain), ("train", train), ("test", [row(p) for p in test])):
         with open(os.path.join(root, f"{split}.jsonl"), "w") as f:
-            for a, b, x in problems:
-                row = {"problem": question(a, b, x), "answer": str(x)}
-                if split == "pretrain":
-                    style = rng.choices(("worked", "boxed", "plain"), style_weights)[0]
-                    row["solution"] = solution_text(a, b, x, style)
-                f.write(json.dumps(row) + "\n")
+            f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def build_tokenizer(texts, vocab_size=512):
@@ -99,7 +133,7 @@ def build_tiny_model(tokenizer, hidden=128, layers=4, heads=4, tie=True, seed=0)
     return model
 
 
-def pretrain_tiny(out, rows=None, steps=700, batch=64, lr=5e-3, seed=0, template="qwen_math", **model_kw):
+def pretrain_tiny(out, rows=None, steps=400, batch=128, lr=5e-3, seed=0, template="qwen_math", **model_kw):
     """Build and pre-train a tiny base model on rows of {problem, solution} (default: pretrain.jsonl here); save
     it, with its tokenizer, in Hugging Face format to `out`. The loss is drgrpo's own token log-probs."""
     rows = rows or [json.loads(line) for line in open(os.path.join(HERE, "pretrain.jsonl"))]
@@ -132,4 +166,4 @@ if __name__ == "__main__":
     if not all(os.path.exists(os.path.join(HERE, f"{s}.jsonl")) for s in SPLITS):
         make_data()
     if len(sys.argv) > 1:
-        print(f"pre-training the tiny base model into {pretrain_tiny(sys.argv[1])}")
+        print(f"pre-training the tiny base model into {pretrain_tiny(sys.argv[1], template=TEMPLATE)}")

@@ -1,0 +1,72 @@
+"""`make demo`'s result in small (issue 13): on the demo's own data, through drgrpo.train and the same settings but a
+smaller tiny Qwen2 and fewer RL steps, GRPO's incorrect responses grow longer and Dr. GRPO's do not.
+
+The two runs start from one base model and differ only in --algo. The reward is the verifier's 0/1 (no length term);
+the length the model can change is the number of hedges ("I am not sure. It is a guess. ...") inside a guess, which
+does not change whether the answer is right (data/arith/prepare.py).
+
+Bounds, measured with RL seeds 0, 1, 2 on this file's base model (incorrect-response length, mean of the first 3
+steps -> last 5 steps; the test runs seed 0):
+  seed | GRPO                  | Dr. GRPO              | GRPO / Dr. GRPO, last 5 | reward first 3 -> last 3 (GRPO; Dr.)
+     0 | 15.4 -> 19.4 (1.26x)  | 13.9 -> 14.5 (1.04x)  | 1.34                    | 0.37 -> 0.55; 0.35 -> 0.40
+     1 | 15.2 -> 19.0 (1.25x)  | 14.8 -> 13.9 (0.94x)  | 1.36                    | 0.34 -> 0.60; 0.35 -> 0.57
+     2 | 14.9 -> 20.6 (1.38x)  | 14.5 -> 14.3 (0.98x)  | 1.44                    | 0.34 -> 0.53; 0.34 -> 0.56
+No response was truncated in any of them (at most 0.1% of a run), so the growth is not responses running into
+max_new_tokens. The full demo (40 steps of 32 prompts, 4 layers) shows the same, larger: README, "What `make demo`
+shows".
+"""
+import json
+
+import pytest
+
+import drgrpo
+from conftest import arith
+
+# The demo's settings (data, template, G, max_new_tokens, lr), smaller: 2 layers instead of 4, 300 pre-training steps
+# instead of 400, 20 RL steps of 16 prompts instead of 40 of 32.
+PRETRAIN = dict(steps=300, batch=128, lr=5e-3, hidden=128, layers=2, heads=4)
+RL = dict(group_size=8, prompts_per_rollout=16, train_batch_size=128, micro_batch_size=64, max_new_tokens=64,
+          lr=2.5e-4, steps=20, gradient_checkpointing=False, save_every=0, resume="never", sampler="auto")
+
+
+def incorrect_len(lines):
+    """Mean length of the incorrect sampled responses: over the first 3 steps (one step of 128 responses is a noisy
+    start) and over the last 5."""
+    mean = lambda ms: sum(m["len_incorrect"] for m in ms) / len(ms)  # noqa: E731
+    return mean(lines[:3]), mean(lines[-5:])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo_bias")
+    rows = [json.loads(line) for line in open("data/arith/pretrain.jsonl")]
+    base = arith.pretrain_tiny(str(d / "base"), rows=rows, template=arith.TEMPLATE, **PRETRAIN)
+    out = {}
+    for algo in ("dr_grpo", "grpo"):
+        cfg = drgrpo.Config(model=base, template=arith.TEMPLATE, train_data="data/arith/train.jsonl",
+                            out_dir=str(d / algo), algo=algo, seed=0, **RL)
+        drgrpo.train(cfg)
+        out[algo] = [json.loads(line) for line in open(d / algo / "metrics.jsonl")]
+    return out
+
+
+def test_grpo_incorrect_responses_grow(runs):
+    start, end = incorrect_len(runs["grpo"])
+    assert end > 1.12 * start, (start, end)  # measured 1.25x-1.38x
+
+
+def test_dr_grpo_incorrect_responses_stay_flat(runs):
+    start, end = incorrect_len(runs["dr_grpo"])
+    assert 0.85 * start < end < 1.12 * start, (start, end)  # measured 0.94x-1.04x
+
+
+def test_grpo_ends_longer_than_dr_grpo(runs):
+    assert incorrect_len(runs["grpo"])[1] > 1.15 * incorrect_len(runs["dr_grpo"])[1]  # measured 1.34x-1.44x
+
+
+def test_both_learn_and_wrong_answers_stay_common(runs):
+    for algo, lines in runs.items():
+        first, last = (sum(m["reward"] for m in ms) / len(ms) for ms in (lines[:3], lines[-3:]))
+        assert last > first, algo  # measured +0.04 to +0.26
+        assert min(1 - m["accuracy"] for m in lines) > 0.1, algo  # hard problems stay wrong 2 times in 3
+        assert max(m["truncated_frac"] for m in lines) < 0.05, algo

@@ -42,7 +42,7 @@ train: install         ## the paper's recipe: Qwen2.5-Math-1.5B, MATH level 3-5 
 	$(BIN)/python drgrpo.py train $(ARGS)
 
 eval: install          ## greedy accuracy of MODEL on the paper's five benchmarks (after `make data`)
-	$(BIN)/python drgrpo.py eval --model $(MODEL) --eval_data $(EVAL) $(ARGS)
+	$(BIN)/python tests/evaluate.py --model $(MODEL) --eval_data $(EVAL) $(ARGS)
 
 data: install          ## download the paper's training set and five evaluation sets into data/ (needs internet)
 	$(BIN)/python data/math/prepare.py
@@ -51,7 +51,7 @@ bias: install          ## the toy that shows GRPO's length and difficulty biases
 	$(BIN)/python tests/toy_bias.py tests/toy_bias.png
 
 plot: install          ## reward and correct/incorrect lengths of runs: make plot RUNS="runs/a runs/b"
-	$(BIN)/python drgrpo.py plot $(RUNS)
+	$(BIN)/python tests/plot.py $(RUNS)
 
 bench: install         ## drgrpo vs TRL GRPOTrainer on this CPU: speed + memory table, runs/bench/bench.json (~1 h)
 	$(BIN)/python tests/bench.py $(ARGS)

@@ -1,6 +1,7 @@
 """Data loading errors, CLI errors, and the demo's generated data."""
 import filecmp
 import json
+import os
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ def write(tmp_path, text, name="d.jsonl"):
     return str(p)
 
 
-def cli(*args):
-    r = subprocess.run([sys.executable, "drgrpo.py", *args], capture_output=True, text=True, timeout=120)
+def cli(mode, *args):  # `python drgrpo.py train ...`, or the eval tool, `python tests/evaluate.py ...`
+    command = ["drgrpo.py", "train"] if mode == "train" else ["tests/evaluate.py"]
+    r = subprocess.run([sys.executable, *command, *args], capture_output=True, text=True, timeout=120)
     return r, [line for line in r.stderr.splitlines() if line.startswith("drgrpo: error:")]
 
 
@@ -115,3 +117,23 @@ def test_demo_data_is_reproducible_and_test_set_is_held_out(tmp_path):
         assert sum(1 for _ in open(path)) == arith.SPLITS[split]
     problems = {split: {json.loads(line)["problem"] for line in open(path)} for split, path in paths.items()}
     assert not problems["test"] & (problems["train"] | problems["pretrain"])
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_model_that_is_neither_here_nor_on_the_hub_is_one_line_and_exit_2(tmp_path, mode):
+    # HF_HOME in tmp_path: the hub client's cache; afterwards it must hold no model file (nothing downloaded)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
+    command = ["drgrpo.py", "train"] if mode == "train" else ["tests/evaluate.py"]
+    r = subprocess.run([sys.executable, *command, "--model", "nonexist/model", "--train_data",
+                        "data/arith/train.jsonl", "--eval_data", "data/arith/test.jsonl", "--out_dir",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("drgrpo: error: --model nonexist/model: not a local directory") and \
+        "point --model at a local copy" in lines[0]
+    assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")]
+
+
+def test_missing_paper_data_says_make_data_fetches_it(tmp_path):
+    r, lines = cli("train", "--train_data", str(tmp_path / "data" / "train_math_lvl3to5.jsonl"))
+    assert r.returncode == 2 and len(lines) == 1 and "no such file (`make data` downloads it)" in lines[0]

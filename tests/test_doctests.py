@@ -8,6 +8,6 @@ from conftest import load_script
 def test_docstring_examples():
     result = doctest.testmod(drgrpo)
     assert result.attempted >= 15 and result.failed == 0
-    for script in ("data/arith/prepare.py", "data/math/prepare.py"):  # the tools beside their data
+    for script in ("data/arith/prepare.py", "data/math/prepare.py", "tests/evaluate.py"):  # the tools beside their data
         result = doctest.testmod(load_script(script))
         assert result.attempted >= 1 and result.failed == 0

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import drgrpo
+from conftest import load_script
 from drgrpo import Completion, Config, Sample, train
 
 
@@ -101,7 +102,7 @@ def test_plot_draws_runs(tiny, tmp_path):
         cfg = tiny_cfg(tiny, algo=name, out_dir=str(tmp_path / name))
         train(cfg)
         runs.append(cfg.out_dir)
-    drgrpo.main(["plot", *runs])
+    load_script("tests/plot.py").plot(runs)
     png = tmp_path / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 

@@ -6,7 +6,9 @@ import math
 import pytest
 
 import drgrpo
-from drgrpo import pass_at_k
+from conftest import load_script
+
+pass_at_k = load_script("tests/evaluate.py").pass_at_k  # `eval`, a tool beside the tests
 
 
 def test_pass_at_k_hand_computed():
@@ -33,7 +35,7 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
         p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files.append(str(p))
     out = tmp_path / f"out{n}"
-    drgrpo.main(["eval", "--model", tiny["model"], "--eval_data", ",".join(files), "--eval_size", "20", "--n", str(n),
+    load_script("tests/evaluate.py").main(["--model", tiny["model"], "--eval_data", ",".join(files), "--eval_size", "20", "--n", str(n),
                  "--sampler", "hf", "--max_new_tokens", "16", "--out_dir", str(out)])
     printed = capsys.readouterr().out
     assert "set_a" in printed and "set_b" in printed and "average" in printed

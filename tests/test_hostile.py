@@ -5,6 +5,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -188,3 +190,13 @@ def test_1024_responses_with_5_percent_hostile_are_quick_and_grade_like_serial(t
     assert [got[i] for i in range(n_hostile, len(items))] == serial and 0.25 < sum(serial) / len(good) < 0.75
     assert [got[i] for i in range(n_hostile)] == [c[4] for c in bad]
     assert not (tmp_path / "CANARY").exists()
+
+
+def test_workers_whose_trainer_died_exit_without_a_word(tmp_path):
+    # the trainer SIGKILLed mid-batch: its workers see the pipe close and exit; none prints a traceback
+    script = ("import os, signal, threading, drgrpo\n"
+              "threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()\n"
+              "while True: drgrpo.grade_batch([('\\\\boxed{1}', '1', 'qwen_math')] * 50, workers=4, timeout=5)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL
+    assert "Traceback" not in r.stderr and "Error" not in r.stderr, r.stderr

@@ -4,10 +4,10 @@
 
 It runs, and prints, exactly these steps (nothing here is RL code: that is all in drgrpo.py):
   1. python data/arith/prepare.py runs/demo/base              the data and the pre-trained base model (cached)
-  2. python drgrpo.py eval  --model runs/demo/base ...          held-out greedy accuracy before RL
+  2. python tests/evaluate.py --model runs/demo/base ...       held-out greedy accuracy before RL
   3. python drgrpo.py train --algo dr_grpo ... / --algo grpo    RL from the same base, only --algo differs
-  4. python drgrpo.py eval  --model runs/demo/<algo>/checkpoint-N    ... and after
-  5. python drgrpo.py plot  runs/demo/dr_grpo runs/demo/grpo    the curves, runs/demo/curves.png
+  4. python tests/evaluate.py --model runs/demo/<algo>/checkpoint-N   ... and after
+  5. python tests/plot.py runs/demo/dr_grpo runs/demo/grpo      the curves, runs/demo/curves.png
 then writes runs/demo/summary.json.
 """
 import json
@@ -16,10 +16,15 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [HERE, os.path.join(ROOT, "tests")]
 import prepare  # noqa: E402  (imports drgrpo, which sets the OpenMP/vLLM environment first)
+import evaluate  # noqa: E402  tests/evaluate.py, `make eval`
+import plot  # noqa: E402  tests/plot.py, `make plot`
 
 drgrpo = prepare.drgrpo
+TOOLS = {"drgrpo.py": lambda argv: drgrpo.main(argv), "tests/evaluate.py": evaluate.main,
+         "tests/plot.py": plot.plot}
 ALGOS = ("dr_grpo", "grpo")
 # The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G as the paper, no template (the paper's best
 # for Qwen2.5-Math), 32 prompts per step, one optimizer step per rollout, a high lr (a tiny model from scratch, not a
@@ -45,9 +50,9 @@ def curve_figures(run_dir):
             "truncated_frac": mean("truncated_frac", lines), "truncated_frac_last5": mean("truncated_frac", last5)}
 
 
-def run(*argv):
-    print("\n$ python drgrpo.py " + " ".join(argv), flush=True)
-    drgrpo.main(list(argv))
+def run(script, *argv):
+    print(f"\n$ python {script} " + " ".join(argv), flush=True)
+    TOOLS[script](list(argv))
 
 
 def main(extra):
@@ -61,7 +66,7 @@ def main(extra):
     if not os.path.exists(os.path.join(base, "config.json")):
         print(f"$ python data/arith/prepare.py {base}   # the tiny base model, cached for later runs")
         prepare.pretrain_tiny(base, template=prepare.TEMPLATE)
-    run("eval", "--model", base, "--out_dir", base, *COMMON, *extra)
+    run("tests/evaluate.py", "--model", base, "--out_dir", base, *COMMON, *extra)
     summary = {"base_model": base, "test_set": cfg.eval_data, "algos": {}}
     argv = {algo: ["train", "--algo", algo, "--model", base, "--out_dir", os.path.join(root, algo), *COMMON, *TRAIN,
                    *extra] for algo in ALGOS}
@@ -69,8 +74,9 @@ def main(extra):
     print(f"\nthe two RL runs below differ only in: {', '.join(differ)} (--algo, and where each writes)")
     for algo in ALGOS:
         t, out = time.time(), os.path.join(root, algo)
-        run(*argv[algo])
-        run("eval", "--model", os.path.join(out, f"checkpoint-{cfg.steps}"), "--out_dir", out, *COMMON, *extra)
+        run("drgrpo.py", *argv[algo])
+        run("tests/evaluate.py", "--model", os.path.join(out, f"checkpoint-{cfg.steps}"), "--out_dir", out,
+            *COMMON, *extra)
         before, after = (json.load(open(os.path.join(d, "eval.json")))["results"]["test"] for d in (base, out))
         summary["algos"][algo] = {
             "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
@@ -101,8 +107,7 @@ def main(extra):
         json.dump(summary, f, indent=2)
     print(f"total {summary['total_seconds']:.0f}s; summary: {root}/summary.json")
     try:
-        import matplotlib  # noqa: F401
-        run("plot", *(os.path.join(root, algo) for algo in ALGOS))
+        run("tests/plot.py", *(os.path.join(root, algo) for algo in ALGOS))
     except ImportError:
         print("(install matplotlib for the figure of these runs)")
     return summary

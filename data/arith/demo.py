@@ -23,7 +23,7 @@ import evaluate  # noqa: E402  tests/evaluate.py, `make eval`
 import plot  # noqa: E402  tests/plot.py, `make plot`
 
 drgrpo = prepare.drgrpo
-TOOLS = {"drgrpo.py": lambda argv: drgrpo.main(argv), "tests/evaluate.py": evaluate.main,
+TOOLS = {"drgrpo.py": drgrpo.main, "tests/evaluate.py": evaluate.main,
          "tests/plot.py": plot.plot}
 ALGOS = ("dr_grpo", "grpo")
 # The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G as the paper, no template (the paper's best

@@ -257,13 +257,16 @@ def matmul_peak_gflops(n=1024, reps=20, dtype=torch.float32, device="cpu"):
 SHAPES = {  # Qwen2Config fields; qwen2.5-0.5b: Qwen/Qwen2.5-0.5B's config.json (random init: only shapes matter)
     "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, rope_theta=1e6),
+    "qwen2.5-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, rope_theta=1e6),  # Qwen/Qwen2.5-Math-1.5B
     "tiny": dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2),  # a seconds-long check of this code path on a CPU
 }
 
 
-def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=8, steps=3, checkpointing=False):
-    """drgrpo's update phase alone, bf16 autocast over fp32 weights as `train` runs it on a GPU, on a synthetic
+def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=8, steps=3, checkpointing=False,
+               micro_batch_tokens=0):
+    """drgrpo's update phase alone, a bf16 working copy over fp32 master weights as `train` runs it on a GPU, on a synthetic
     rollout of random tokens (prompts x G responses, lengths uniform in [max_new/16, max_new], every advantage
     nonzero so every response is trained): -> tokens/s and MFU against this device's measured bf16 matmul peak."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -273,10 +276,12 @@ def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(**SHAPES[shape], tie_word_embeddings=True, max_position_embeddings=32768,
                                          use_cache=False)).to(device)
+    work = drgrpo.working_copy(model, torch.bfloat16)  # what `train` does with --dtype auto on CUDA
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        work.gradient_checkpointing_enable()
     params = sum(p.numel() for p in model.parameters())
-    cfg = drgrpo.resolve(drgrpo.Config(micro_batch_size=micro_batch, max_new_tokens=max_new, lr=1e-6))
+    cfg = drgrpo.resolve(drgrpo.Config(micro_batch_size=micro_batch, max_new_tokens=max_new, lr=1e-6,
+                                       micro_batch_tokens=micro_batch_tokens))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     gen = torch.Generator().manual_seed(0)
     vocab = SHAPES[shape]["vocab_size"]
@@ -287,24 +292,54 @@ def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=
     times = []
     for _ in range(steps + 1):  # the first is warm-up (kernel selection, allocator)
         sync(), (t := time.perf_counter())
-        drgrpo.optimizer_step(model, optimizer, samples, cfg, 0, torch.bfloat16)
+        drgrpo.optimizer_step(model, optimizer, samples, cfg, 0, work)
         sync(), times.append(time.perf_counter() - t)
     step_s = statistics.median(times[1:])
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shape": shape, "params": params,
            "bf16_matmul_peak_tflops": peak / 1e12, "responses": len(samples), "response_tokens": response,
-           "prompt_tokens": prompt_len * len(samples), "micro_batch": micro_batch, "checkpointing": checkpointing,
+           "prompt_tokens": prompt_len * len(samples), "micro_batch": micro_batch,
+           "micro_batch_tokens": micro_batch_tokens, "checkpointing": checkpointing,
            "update_s": times, "median_s": step_s, "response_tokens_per_s": response / step_s,
            # the issue's definition: 6 x params x trained (response) tokens; prompts also run forward and
            # backward, so the second figure counts them too (attention's own FLOPs are in neither)
            "mfu": 6 * params * response / step_s / peak,
            "mfu_all_tokens": 6 * params * (response + prompt_len * len(samples)) / step_s / peak,
            "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}
-    print(f"update phase, {shape} ({params / 1e6:.0f}M params, bf16 autocast) on {out['device']}: "
+    print(f"update phase, {shape} ({params / 1e6:.0f}M params, bf16 working copy) on {out['device']}: "
           f"{len(samples)} responses, {response} response + {out['prompt_tokens']} prompt tokens, "
           f"median {step_s:.2f} s -> {out['response_tokens_per_s']:.0f} response tokens/s; "
           f"MFU {100 * out['mfu']:.1f}% ({100 * out['mfu_all_tokens']:.1f}% counting prompt tokens) of a measured "
           f"{peak / 1e12:.0f} TFLOP/s bf16 peak")
     return out
+
+
+def hf_sampler_tps(shape, sequences=128, prompt_len=256, max_new=512, dtype="auto"):
+    """The HF sampler's decoding speed as `train` runs it: `generate` on the working copy (bf16 on CUDA, fp32 on CPU
+    unless dtype says otherwise), sampling at temperature 1, every sequence forced to max_new tokens (a random model
+    would otherwise stop anywhere). The first call (warm-up) is reported apart. -> new tokens/s"""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**SHAPES[shape], tie_word_embeddings=True, max_position_embeddings=32768))
+    _, work_dtype = drgrpo.pick_device(drgrpo.Config(dtype=dtype))
+    work = drgrpo.working_copy(model.to(device), work_dtype).eval()
+    ids = torch.randint(SHAPES[shape]["vocab_size"], (sequences, prompt_len), device=device)
+    times = []
+    for _ in range(2):
+        sync(), (t := time.perf_counter())
+        with torch.no_grad():
+            out = work.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                top_p=None, top_k=None, max_new_tokens=max_new, min_new_tokens=max_new,
+                                pad_token_id=0, use_cache=True)
+        sync(), times.append(time.perf_counter() - t)
+    new = (out.shape[1] - prompt_len) * sequences
+    res = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shape": shape,
+           "dtype": str(work_dtype or torch.float32), "sequences": sequences, "prompt_len": prompt_len,
+           "new_tokens": new, "seconds": times, "tokens_per_s": new / times[1], "warmup_tokens_per_s": new / times[0]}
+    print(f"HF sampler, {shape} ({res['dtype']}) on {res['device']}: {sequences} x {max_new} new tokens after "
+          f"{prompt_len}-token prompts: {res['tokens_per_s']:.0f} tokens/s (first call {res['warmup_tokens_per_s']:.0f})")
+    return res
 
 
 def worker(system, what, G, max_new, sampler, steps):
@@ -350,6 +385,14 @@ def main():
     p.add_argument("--update_mfu", choices=SHAPES, help="only the update phase of a model of this shape, bf16, on the "
                    "GPU when there is one: tokens/s and MFU, into runs/bench/update_mfu.json (no data needed)")
     p.add_argument("--checkpointing", action="store_true", help="with --update_mfu: gradient checkpointing on")
+    p.add_argument("--micro_batch", type=int, default=8, help="with --update_mfu: responses per micro-batch")
+    p.add_argument("--responses", type=int, default=64, help="with --update_mfu: responses in the rollout")
+    p.add_argument("--max_new", type=int, default=2048, help="with --update_mfu: longest response (lengths are "
+                   "uniform in [max_new/16, max_new])")
+    p.add_argument("--micro_batch_tokens", type=int, default=0, help="with --update_mfu: padded tokens per "
+                   "micro-batch instead (drgrpo's --micro_batch_tokens)")
+    p.add_argument("--hf_sampler", choices=SHAPES, help="only the HF sampler's decoding speed on a random model of this "
+                   "shape (128 x 512 new tokens, bf16 working copy on a GPU), into runs/bench/hf_sampler.json")
     p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -360,10 +403,18 @@ def main():
         key, _, value = row.partition("=")
         if key not in ("G", "max_new") or not value.isdigit():
             p.error(f"--sweep_only: {row!r} is not G=N or max_new=N")
+    if args.hf_sampler:
+        os.makedirs(OUT, exist_ok=True)
+        small = dict(sequences=4, prompt_len=8, max_new=8) if args.hf_sampler == "tiny" else {}
+        with open(os.path.join(OUT, "hf_sampler.json"), "w") as f:
+            json.dump(hf_sampler_tps(args.hf_sampler, **small), f, indent=2)
+        return
     if args.update_mfu:
         os.makedirs(OUT, exist_ok=True)
         small = dict(prompts=2, G=2, prompt_len=16, max_new=64) if args.update_mfu == "tiny" else {}
-        res = update_mfu(args.update_mfu, checkpointing=args.checkpointing, **small)
+        big = dict(prompts=args.responses // 8, max_new=args.max_new)
+        res = update_mfu(args.update_mfu, checkpointing=args.checkpointing, micro_batch=args.micro_batch,
+                         micro_batch_tokens=args.micro_batch_tokens, **(small or big))
         with open(os.path.join(OUT, "update_mfu.json"), "w") as f:
             json.dump(res, f, indent=2)
         return

@@ -33,7 +33,9 @@ def main(argv):
     for f in files:  # a bad file fails here, with its file:line, before the model loads
         drgrpo.load_jsonl(f)
     drgrpo.check_model(cfg.model)
-    model, tokenizer = drgrpo.load_model(cfg.model, drgrpo.pick_device(cfg)[0])
+    device, dtype = drgrpo.pick_device(cfg)
+    model, tokenizer = drgrpo.load_model(cfg.model, device)
+    model = drgrpo.working_copy(model, dtype, True)  # bf16 on a GPU, as training samples (the HF sampler)
     n, temperature = cfg.eval_n, (cfg.temperature if cfg.eval_n > 1 else 0.0)
     results = drgrpo.evaluate(cfg, model, tokenizer, n=n, temperature=temperature)
     ks = [k for k in (2, 4, 8, 16, 32, 64, 128, 256) if k <= n]

@@ -43,7 +43,7 @@ STATED_PAIRS = {("dtype", "bf16")}
 DERIVED = {"steps_per_generation"}  # TRL computes it from generation_batch_size and per_device_train_batch_size
 # Config fields that reach the script, the dataset or the reward function, never a GRPOConfig field
 ELSEWHERE = {"algo", "loss_norm_const", "model", "train_data", "template", "r1_strict", "grade_workers",
-             "grade_timeout", "resume", "eval_data", "eval_every", "eval_n", "eval_size"}
+             "micro_batch_tokens", "grade_timeout", "resume", "eval_data", "eval_every", "eval_n", "eval_size"}
 
 
 def updates(c):  # optimizer steps per drgrpo step

@@ -42,15 +42,15 @@ def flat_grads(model):
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
 
 
-def test_chunked_head_gives_the_same_logprobs_entropy_and_gradients(monkeypatch):
+def test_chunked_head_gives_the_same_logprobs_entropy_and_gradients():
     model = random_qwen()
-    ids, att, tgt = drgrpo.collate(rollout(), 0, "cpu")
+    ids, tgt, where = drgrpo.collate(rollout(), 0, "cpu")
     weights = torch.randn(tgt.shape)
     results = []
     for chunk in (10 ** 9, 7):  # one chunk (no checkpointing) vs 7 positions per chunk (checkpointed)
-        monkeypatch.setattr(drgrpo, "LOGIT_CHUNK_BYTES", chunk * 4 * model.config.vocab_size)
+        chunk_bytes = chunk * 4 * model.config.vocab_size
         model.zero_grad()
-        logp, entropy = drgrpo.token_logprobs(model, ids, att, tgt)
+        logp, entropy = drgrpo.token_logprobs(model, ids, tgt, where, chunk_bytes)
         (logp * weights).sum().backward()
         results.append((logp.detach(), entropy, flat_grads(model)))
     assert int(tgt.sum()) > 7 * 3  # several chunks really ran
@@ -65,8 +65,8 @@ def test_skipping_zero_advantage_responses_changes_neither_loss_nor_update(loss_
                                 group_size=4, max_new_tokens=16, grad_clip=1e9))
     # reference: the plain formula over the whole batch, every response included
     ref = copy.deepcopy(model)
-    ids, att, tgt = drgrpo.collate(batch, 0, "cpu")
-    logp, _ = drgrpo.token_logprobs(ref, ids, att, tgt)
+    ids, tgt, where = drgrpo.collate(batch, 0, "cpu")
+    logp, _ = drgrpo.token_logprobs(ref, ids, tgt, where)
     adv = torch.tensor([s.advantage for s in batch]).unsqueeze(1)
     tok_loss, _ = drgrpo.ppo_token_loss(logp, logp.detach(), adv, 0.2, 0.2)
     ref_loss = drgrpo.aggregate_loss(tok_loss, tgt, loss_agg, len(batch), int(tgt.sum()), cfg.loss_norm_const)
@@ -128,11 +128,10 @@ import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
 import drgrpo
 from test_update_speed import random_qwen
-drgrpo.LOGIT_CHUNK_BYTES = 256 * 4 * 151936  # 256 positions a chunk
 model = random_qwen(vocab=151936, hidden=16, layers=1)
-ids = torch.randint(2, 151936, (2, 4097)); att = torch.ones_like(ids); tgt = torch.ones(2, 4096)
+ids = torch.randint(2, 151936, (2, 4097)); tgt = torch.ones(2, 4096); where = tgt.nonzero(as_tuple=True)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-logp, _ = drgrpo.token_logprobs(model, ids, att, tgt)
+logp, _ = drgrpo.token_logprobs(model, ids, tgt, where, chunk_bytes=256 * 4 * 151936)  # 256 positions a chunk
 logp.sum().backward()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
@@ -153,10 +152,14 @@ def test_chunked_head_never_holds_the_full_logits():
 
 
 def test_the_gpu_update_bench_runs_here_on_a_tiny_shape():
-    """`tests/bench.py --update_mfu qwen2.5-0.5b` is meant for a GPU, which CI lacks: its code path (bf16 autocast
-    over fp32 weights, synthetic rollout, MFU arithmetic) is exercised here on a tiny shape on the CPU."""
+    """`tests/bench.py --update_mfu qwen2.5-0.5b` and `--hf_sampler qwen2.5-0.5b` are meant for a GPU, which CI lacks:
+    their code paths (bf16 working copy over fp32 weights, synthetic rollout, token budget, MFU arithmetic; forced-length
+    sampling) are exercised here on a tiny shape on the CPU."""
     import bench
-    out = bench.update_mfu("tiny", prompts=2, G=2, prompt_len=16, max_new=64, steps=1)
-    assert out["responses"] == 4 and 4 * 4 <= out["response_tokens"] <= 4 * 64
-    assert out["prompt_tokens"] == 4 * 16 and out["response_tokens_per_s"] > 0
-    assert 0 < out["mfu"] < out["mfu_all_tokens"] < 1
+    for budget in (0, 100):
+        out = bench.update_mfu("tiny", prompts=2, G=2, prompt_len=16, max_new=64, steps=1, micro_batch_tokens=budget)
+        assert out["responses"] == 4 and 4 * 4 <= out["response_tokens"] <= 4 * 64
+        assert out["prompt_tokens"] == 4 * 16 and out["response_tokens_per_s"] > 0
+        assert 0 < out["mfu"] < out["mfu_all_tokens"] < 1
+    out = bench.hf_sampler_tps("tiny", sequences=3, prompt_len=5, max_new=7, dtype="bf16")
+    assert out["new_tokens"] == 3 * 7 and out["dtype"] == "torch.bfloat16" and out["tokens_per_s"] > 0

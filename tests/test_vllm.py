@@ -27,9 +27,9 @@ def vllm_prompt_logprobs(sampler, seq, prompt_len):
 
 def trainer_logprobs(model, seq, prompt_len):
     s = drgrpo.Sample(seq[:prompt_len], drgrpo.Completion(seq[prompt_len:], "", False), 0.0, 0.0)
-    ids, att, tgt = drgrpo.collate([s], 0, "cpu")
+    ids, tgt, where = drgrpo.collate([s], 0, "cpu")
     with torch.no_grad():
-        logp, _ = drgrpo.token_logprobs(model, ids, att, tgt)
+        logp, _ = drgrpo.token_logprobs(model, ids, tgt, where)
     return logp[0, tgt[0].bool()]
 
 

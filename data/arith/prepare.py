@@ -150,8 +150,8 @@ def pretrain_tiny(out, rows=None, steps=400, batch=128, lr=5e-3, seed=0, templat
     from tqdm import tqdm
     bar = tqdm(range(steps), desc="pretrain", dynamic_ncols=True)
     for _ in bar:
-        ids, att, mask = drgrpo.collate(rng.sample(samples, batch), tokenizer.pad_token_id, "cpu")
-        logp, _ = drgrpo.token_logprobs(model, ids, att, mask)
+        ids, mask, where = drgrpo.collate(rng.sample(samples, batch), tokenizer.pad_token_id, "cpu")
+        logp, _ = drgrpo.token_logprobs(model, ids, mask, where)
         loss = -(logp * mask).sum() / mask.sum()  # next-token loss on the solution tokens (the prompt is given)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -12,7 +12,7 @@ steps -> last 5 steps; the test runs seed 0):
      1 | 15.2 -> 19.0 (1.25x)  | 14.8 -> 13.9 (0.94x)  | 1.36                    | 0.34 -> 0.60; 0.35 -> 0.57
      2 | 14.9 -> 20.6 (1.38x)  | 14.5 -> 14.3 (0.98x)  | 1.44                    | 0.34 -> 0.53; 0.34 -> 0.56
 No response was truncated in any of them (at most 0.1% of a run), so the growth is not responses running into
-max_new_tokens. The full demo (40 steps of 32 prompts, 4 layers) shows the same, larger: README, "What `make demo`
+max_new_tokens. The full demo (40 steps of 48 prompts, 4 layers) shows the same, larger: README, "What `make demo`
 shows".
 """
 import json
@@ -23,7 +23,7 @@ import drgrpo
 from conftest import arith
 
 # The demo's settings (data, template, G, max_new_tokens, lr), smaller: 2 layers instead of 4, 300 pre-training steps
-# instead of 400, 20 RL steps of 16 prompts instead of 40 of 32.
+# instead of 400, 20 RL steps of 16 prompts instead of 40 of 48.
 PRETRAIN = dict(steps=300, batch=128, lr=5e-3, hidden=128, layers=2, heads=4)
 RL = dict(group_size=8, prompts_per_rollout=16, train_batch_size=128, micro_batch_size=64, max_new_tokens=64,
           lr=2.5e-4, steps=20, gradient_checkpointing=False, save_every=0, resume="never", sampler="auto")

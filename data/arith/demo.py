@@ -38,14 +38,24 @@ TRAIN = ["--train_data", "data/arith/train.jsonl", "--group_size", "8", "--promp
          "--resume", "never"]  # `make demo` again trains again
 
 
-def curve_figures(run_dir):
+def untruncated_incorrect_len(m, n, max_new):
+    """A step's mean incorrect length without the responses cut at max_new (each is max_new long, and wrong): the
+    growth that is not just responses running into the limit. n: responses in the step."""
+    wrong, cut = (1 - m["accuracy"]) * n, m["truncated_frac"] * n
+    return (m["len_incorrect"] * wrong - max_new * cut) / (wrong - cut) if wrong - cut > 0.5 else None
+
+
+def curve_figures(run_dir, n, max_new):
     """The training-curve numbers of one run (sampled responses, per step), from its metrics.jsonl."""
     lines = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    for m in lines:
+        m["len_incorrect_untruncated"] = untruncated_incorrect_len(m, n, max_new)
     mean = lambda key, ms: (sum(m[key] for m in ms if m[key] is not None)  # noqa: E731
                             / max(1, sum(m[key] is not None for m in ms)))
     first5, last5 = lines[:5], lines[-5:]
     return {"reward_first5": mean("reward", first5), "reward_last5": mean("reward", last5),
             "len_incorrect_step1": lines[0]["len_incorrect"], "len_incorrect_last5": mean("len_incorrect", last5),
+            "len_incorrect_untruncated_last5": mean("len_incorrect_untruncated", last5),
             "len_correct_step1": lines[0]["len_correct"], "len_correct_last5": mean("len_correct", last5),
             "wrong_frac_min": min(1 - m["accuracy"] for m in lines),
             "truncated_frac": mean("truncated_frac", lines), "truncated_frac_last5": mean("truncated_frac", last5)}
@@ -84,7 +94,8 @@ def main(extra):
             "n_test": after["n_problems"],
             "len_correct_before": before["len_correct"], "len_incorrect_before": before["len_incorrect"],
             "len_correct_after": after["len_correct"], "len_incorrect_after": after["len_incorrect"],
-            "truncated_frac_after": after["truncated_frac"], **curve_figures(out),
+            "truncated_frac_after": after["truncated_frac"],
+            **curve_figures(out, cfg.prompts_per_rollout * cfg.group_size, cfg.max_new_tokens),
             "steps": cfg.steps, "seconds": time.time() - t}
     summary["total_seconds"] = time.time() - t0
     print(f"\nheld-out greedy accuracy on {cfg.eval_data} (n={summary['algos'][ALGOS[0]]['n_test']}), "
@@ -97,13 +108,16 @@ def main(extra):
               f"{n(r['len_incorrect_before'])}   ->  {n(r['len_incorrect_after'])} | {r['seconds']:3.0f}s")
     print(f"\ntraining samples ({cfg.prompts_per_rollout} prompts x G={cfg.group_size} per step): "
           "the paper's Fig. 1 numbers, first steps -> last 5 steps")
-    print(f"{'algo':>8s} | {'reward':>13s} | {'len incorrect':>21s} | {'len correct':>13s} | wrong (min) | truncated")
+    print(f"{'algo':>8s} | {'reward':>13s} | {'len incorrect':>21s} | {'uncut':>5s} | {'len correct':>13s} | "
+          "wrong (min) | truncated")
     for algo, r in summary["algos"].items():
         print(f"{algo:>8s} | {r['reward_first5']:.2f} -> {r['reward_last5']:.2f} | "
               f"{r['len_incorrect_step1']:4.1f} -> {r['len_incorrect_last5']:4.1f} "
               f"({r['len_incorrect_last5'] / r['len_incorrect_step1']:.2f}x) | "
+              f"{n(r['len_incorrect_untruncated_last5'])} | "
               f"{n(r['len_correct_step1'])} -> {n(r['len_correct_last5'])} | {100 * r['wrong_frac_min']:10.0f}% | "
               f"{100 * r['truncated_frac']:8.1f}%")
+    print("(uncut: incorrect length over the last 5 steps without the responses cut at --max_new_tokens)")
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"total {summary['total_seconds']:.0f}s; summary: {root}/summary.json")

@@ -11,11 +11,11 @@ steps -> last 5 steps; the test runs seed 0):
      0 | 15.4 -> 19.4 (1.26x)  | 13.9 -> 14.5 (1.04x)  | 1.34                    | 0.37 -> 0.55; 0.35 -> 0.40
      1 | 15.2 -> 19.0 (1.25x)  | 14.8 -> 13.9 (0.94x)  | 1.36                    | 0.34 -> 0.60; 0.35 -> 0.57
      2 | 14.9 -> 20.6 (1.38x)  | 14.5 -> 14.3 (0.98x)  | 1.44                    | 0.34 -> 0.53; 0.34 -> 0.56
-Floating-point kernels differ between CPUs, so the same seed gives other numbers on another machine: on a 2-core
-AMD EPYC (AVX2 only) seed 0 gave GRPO 15.2 -> 19.5 (1.29x), Dr. GRPO 13.9 -> 13.5 (0.98x), ratio 1.44.
-Almost no response was truncated in any of them (at most 0.1% of a run, 0.8% of one step), so the growth is not responses running into
-max_new_tokens. The full demo (40 steps of 48 prompts, 4 layers) shows the same, larger: README, "What `make demo`
-shows".
+Floating-point kernels differ between CPUs, so the same seed gives other numbers on another machine: on a 2-core AMD
+EPYC (AVX2 only) seed 0 gave GRPO 15.2 -> 19.5 (1.29x), Dr. GRPO 13.9 -> 13.5 (0.98x), ratio 1.44. Almost no
+response was truncated in any of them (at most 0.1% of a run, 0.8% of one step), so the growth is not responses
+running into max_new_tokens. The full demo (40 steps of 48 prompts, 4 layers) shows the same, larger: README, "What
+`make demo` shows".
 """
 import json
 

@@ -5,17 +5,18 @@ The two runs start from one base model and differ only in --algo. The reward is 
 the length the model can change is the number of hedges ("I am not sure. It is a guess. ...") inside a guess, which
 does not change whether the answer is right (data/arith/prepare.py).
 
-Bounds, measured with RL seeds 0, 1, 2 on this file's base model (incorrect-response length, mean of the first 3
-steps -> last 5 steps; the test runs seed 0):
+Bounds, measured with RL seeds 0, 1, 2 on this file's base model, on this workplace's 2-core AMD EPYC (AVX2 only),
+after the pre-training moved to length-sorted micro-batches and the lr to 3e-4 (incorrect-response length, mean of the
+first 3 steps -> last 5 steps; the test runs seed 0):
   seed | GRPO                  | Dr. GRPO              | GRPO / Dr. GRPO, last 5 | reward first 3 -> last 3 (GRPO; Dr.)
-     0 | 15.4 -> 19.4 (1.26x)  | 13.9 -> 14.5 (1.04x)  | 1.34                    | 0.37 -> 0.55; 0.35 -> 0.40
-     1 | 15.2 -> 19.0 (1.25x)  | 14.8 -> 13.9 (0.94x)  | 1.36                    | 0.34 -> 0.60; 0.35 -> 0.57
-     2 | 14.9 -> 20.6 (1.38x)  | 14.5 -> 14.3 (0.98x)  | 1.44                    | 0.34 -> 0.53; 0.34 -> 0.56
-Floating-point kernels differ between CPUs, so the same seed gives other numbers on another machine: on a 2-core AMD
-EPYC (AVX2 only) seed 0 gave GRPO 15.2 -> 19.5 (1.29x), Dr. GRPO 13.9 -> 13.5 (0.98x), ratio 1.44. Almost no
-response was truncated in any of them (at most 0.1% of a run, 0.8% of one step), so the growth is not responses
-running into max_new_tokens. The full demo (40 steps of 48 prompts, 4 layers) shows the same, larger: README, "What
-`make demo` shows".
+     0 | 15.4 -> 23.7 (1.54x)  | 13.6 -> 13.7 (1.01x)  | 1.73                    | 0.43 -> 0.76; 0.43 -> 0.67
+     1 | 15.1 -> 21.1 (1.39x)  | 14.3 -> 14.1 (0.98x)  | 1.50                    | 0.45 -> 0.59; 0.44 -> 0.60
+     2 | 15.1 -> 24.6 (1.63x)  | 14.2 -> 13.1 (0.92x)  | 1.88                    | 0.36 -> 0.65; 0.36 -> 0.64
+Floating-point kernels differ between CPUs, so the same seed can give other numbers on another machine (before these
+changes, another 2-core CPU gave GRPO 1.25-1.38x, Dr. GRPO 0.94-1.04x). At least 12% of every step's responses were
+wrong, and few were truncated (at most 0.2% of a run, 1.6% of one step), so the growth is not responses running into
+max_new_tokens. The full demo (40 steps of 48 prompts, 4 layers) shows the same, larger: README, "What `make demo`
+shows".
 """
 import json
 
@@ -28,7 +29,7 @@ from conftest import arith
 # instead of 400, 20 RL steps of 16 prompts instead of 40 of 48.
 PRETRAIN = dict(steps=300, batch=128, lr=5e-3, hidden=128, layers=2, heads=4)
 RL = dict(group_size=8, prompts_per_rollout=16, train_batch_size=128, micro_batch_size=64, max_new_tokens=64,
-          lr=2.5e-4, steps=20, gradient_checkpointing=False, save_every=0, resume="never", sampler="auto")
+          lr=3e-4, steps=20, gradient_checkpointing=False, save_every=0, resume="never", sampler="auto")
 
 
 def incorrect_len(lines):
@@ -54,21 +55,21 @@ def runs(tmp_path_factory):
 
 def test_grpo_incorrect_responses_grow(runs):
     start, end = incorrect_len(runs["grpo"])
-    assert end > 1.12 * start, (start, end)  # measured 1.25x-1.38x
+    assert end > 1.12 * start, (start, end)  # measured 1.39x-1.63x
 
 
 def test_dr_grpo_incorrect_responses_stay_flat(runs):
     start, end = incorrect_len(runs["dr_grpo"])
-    assert 0.85 * start < end < 1.12 * start, (start, end)  # measured 0.94x-1.04x
+    assert 0.85 * start < end < 1.12 * start, (start, end)  # measured 0.92x-1.01x
 
 
 def test_grpo_ends_longer_than_dr_grpo(runs):
-    assert incorrect_len(runs["grpo"])[1] > 1.15 * incorrect_len(runs["dr_grpo"])[1]  # measured 1.34x-1.44x
+    assert incorrect_len(runs["grpo"])[1] > 1.15 * incorrect_len(runs["dr_grpo"])[1]  # measured 1.50x-1.88x
 
 
 def test_both_learn_and_wrong_answers_stay_common(runs):
     for algo, lines in runs.items():
         first, last = (sum(m["reward"] for m in ms) / len(ms) for ms in (lines[:3], lines[-3:]))
-        assert last > first, algo  # measured +0.04 to +0.26
+        assert last > first, algo  # measured +0.14 to +0.33
         assert min(1 - m["accuracy"] for m in lines) > 0.1, algo  # hard problems stay wrong 2 times in 3
         assert max(m["truncated_frac"] for m in lines) < 0.05, algo

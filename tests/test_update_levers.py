@@ -135,3 +135,23 @@ def test_one_host_sync_per_optimizer_step_however_many_micro_batches(monkeypatch
                               cfg_for("seq_mean_token_sum_norm", micro_batch_size=micro, kl_beta=0.0), 0)
         counts.append(len(calls))
     assert counts == [1, 1]  # the gradient norm, after the loop
+
+
+def test_pretraining_micro_batches_give_the_full_batch_loss_and_gradient():
+    """data/arith/prepare.py pre-trains the demo's model in length-sorted micro-batches of a token budget: the loss
+    and gradient must be those of the whole batch in one forward (only the summation order differs)."""
+    from conftest import arith
+    model, batch = random_qwen(), rollout()
+    by_length = sorted(batch, key=lambda s: drgrpo.span(s)[1])
+    assert len(drgrpo.micro_batches(by_length, Config(micro_batch_tokens=40))) >= 4  # really split
+    results = []
+    for budget in (10 ** 9, 40):
+        model.zero_grad(set_to_none=True)
+        results.append((arith.pretrain_backward(model, batch, 0, budget), flat_grads(model)))
+    (loss, grad), (mb_loss, mb_grad) = results
+    ids, mask, _ = drgrpo.collate(batch, 0, "cpu")  # the plain next-token loss, by hand, for the value
+    logits = model(input_ids=ids).logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    assert torch.allclose(loss, (nll * mask).sum() / mask.sum(), atol=1e-6)
+    assert torch.allclose(mb_loss, loss, atol=1e-6)
+    assert grad.abs().max() > 0 and torch.allclose(mb_grad, grad, atol=1e-7, rtol=1e-5)

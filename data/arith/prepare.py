@@ -26,6 +26,7 @@ import math
 import os
 import random
 import sys
+from types import SimpleNamespace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the project root, for drgrpo.py
@@ -133,6 +134,21 @@ def build_tiny_model(tokenizer, hidden=128, layers=4, heads=4, tie=True, seed=0)
     return model
 
 
+def pretrain_backward(model, batch, pad_id, micro_batch_tokens=2048):
+    """The next-token loss on the solution tokens of a batch of Samples (the prompt is given), mean over those tokens;
+    backpropagates it and returns it. A random batch is half padding: sorted by length and cut into micro-batches of
+    at most micro_batch_tokens padded tokens (drgrpo's --micro_batch_tokens), each divided by the whole batch's token
+    count, it is the same loss and gradient (tests/test_update_levers.py) in 1.5x less time."""
+    by_length = sorted(batch, key=lambda s: drgrpo.span(s)[1])
+    n_tokens, loss = sum(len(s.completion.token_ids) for s in batch), 0.0
+    for mb in drgrpo.micro_batches(by_length, SimpleNamespace(micro_batch_tokens=micro_batch_tokens)):
+        logp, _ = drgrpo.token_logprobs(model, *drgrpo.collate(mb, pad_id, model.device))
+        mb_loss = -logp.sum() / n_tokens  # (logp is 0 outside the responses)
+        mb_loss.backward()
+        loss += mb_loss.detach()
+    return loss
+
+
 def pretrain_tiny(out, rows=None, steps=400, batch=128, lr=5e-3, seed=0, template="qwen_math", **model_kw):
     """Build and pre-train a tiny base model on rows of {problem, solution} (default: pretrain.jsonl here); save
     it, with its tokenizer, in Hugging Face format to `out`. The loss is drgrpo's own token log-probs."""
@@ -150,10 +166,7 @@ def pretrain_tiny(out, rows=None, steps=400, batch=128, lr=5e-3, seed=0, templat
     from tqdm import tqdm
     bar = tqdm(range(steps), desc="pretrain", dynamic_ncols=True)
     for _ in bar:
-        ids, mask, where = drgrpo.collate(rng.sample(samples, batch), tokenizer.pad_token_id, "cpu")
-        logp, _ = drgrpo.token_logprobs(model, ids, mask, where)
-        loss = -(logp * mask).sum() / mask.sum()  # next-token loss on the solution tokens (the prompt is given)
-        loss.backward()
+        loss = pretrain_backward(model, rng.sample(samples, batch), tokenizer.pad_token_id)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()

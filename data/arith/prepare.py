@@ -26,7 +26,6 @@ import math
 import os
 import random
 import sys
-from types import SimpleNamespace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the project root, for drgrpo.py
@@ -141,7 +140,7 @@ def pretrain_backward(model, batch, pad_id, micro_batch_tokens=2048):
     count, it is the same loss and gradient (tests/test_update_levers.py) in 1.5x less time."""
     by_length = sorted(batch, key=lambda s: drgrpo.span(s)[1])
     n_tokens, loss = sum(len(s.completion.token_ids) for s in batch), 0.0
-    for mb in drgrpo.micro_batches(by_length, SimpleNamespace(micro_batch_tokens=micro_batch_tokens)):
+    for mb in drgrpo.micro_batches(by_length, drgrpo.Config(micro_batch_tokens=micro_batch_tokens)):
         logp, _ = drgrpo.token_logprobs(model, *drgrpo.collate(mb, pad_id, model.device))
         mb_loss = -logp.sum() / n_tokens  # (logp is 0 outside the responses)
         mb_loss.backward()

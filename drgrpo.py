@@ -10,12 +10,12 @@ the paper shows both are biases; Dr. GRPO drops them, in two marked lines (--alg
                        difficulty bias (a question solved 1 or 7 times of 8 weighs 1.5x)
   "Dr. GRPO change 2"  aggregate_loss(): a constant, not the length |o_i|, divides a response's
                        token-loss sum: the length bias (long wrong answers grow; Fig. 1)
-Sections: 1-8 the algorithm, in the order a step runs; then an appendix of plumbing. Tools beside
-their data or the tests: data/arith/demo.py (the offline demo), data/math/prepare.py, tests/.
+Sections 1-8: the algorithm, in the order a step runs; then the plumbing. Demo: data/arith/demo.py
 """
-import argparse, copy, json, math, multiprocessing.connection, os, random, re, shutil, signal, sys
-import tempfile, time
+import argparse, copy, inspect, itertools, json, math, multiprocessing.connection, os, random, re
+import shutil, signal, sys, tempfile, time
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from signal import SIGINT, SIGTERM
 
 # Before torch/vLLM load: vLLM's engine runs in this process (the trainer's weights are copied
@@ -53,6 +53,7 @@ class Config:
     train_batch_size: int = knob(128, "responses per optimizer step (paper: 128)")
     micro_batch_size: int = knob(4, "responses per forward/backward: memory, never the math")
     micro_batch_tokens: int = knob(0, "if > 0: micro-batches of up to N padded tokens instead")
+    pack: bool = knob(False, "pack a micro-batch into one row, no pads (CUDA: flash varlen kernel)")
     epochs_per_rollout: int = knob(1, "passes over each rollout (paper: 1)")
     clip_eps_low: float = knob(0.2, "PPO clip: ratio floor 1-eps (paper Eq. 1: 0.2)")
     clip_eps_high: float = knob(0.2, "PPO clip: ratio ceiling 1+eps (DAPO's clip-higher: 0.28)")
@@ -67,6 +68,7 @@ class Config:
     steps: int = knob(200, "RL steps; each = one rollout + its optimizer steps")
     seed: int = knob(0, "seeds Python, torch and the sampler")
     sampler: str = knob("auto", "auto (vLLM when importable, else hf) | vllm | hf")
+    hf_static_cache: bool = knob(False, "hf sampler: static KV cache (CUDA compiles the decoding)")
     vllm_gpu_memory: float = knob(0.35, "vLLM's GPU share (weights + KV cache)")
     dtype: str = knob("auto", "auto (CUDA: bf16 over fp32 master weights; CPU: fp32) | fp32 | bf16")
     gradient_checkpointing: bool = knob(True, "recompute activations in backward (long responses)")
@@ -104,16 +106,12 @@ TEMPLATES = {
                   "<|im_start|>assistant\n"),
     "none": "{question}",
 }
-# r1 responses end at </answer> (kept in the output: the grader wants it); the others at EOS.
-STOP_STRINGS = {"r1": ["</answer>"], "qwen_math": [], "none": []}
-
+STOP_STRINGS = {"r1": ["</answer>"], "qwen_math": [], "none": []}  # r1: kept (graded); else EOS
 def apply_template(template, question):
     """The prompt the model sees: apply_template("none", "What is 2+2?") == "What is 2+2?"."""
     return TEMPLATES[template].format(question=question)
-
 def last_boxed(text):
     """Content of the last \\boxed{...} (braces matched), or None.
-
     >>> last_boxed(r"so \\boxed{1} no, \\boxed{\\frac{1}{2}}.")
     '\\\\frac{1}{2}'
     """
@@ -126,11 +124,9 @@ def last_boxed(text):
         if depth == 0:
             return text[i + 1:j]
     return None  # unbalanced braces: no answer
-
 def extract_answer(response, template):
     r"""The answer a template asks for: the last \boxed{} (qwen_math, none), or what follows the
     last <answer> tag (r1; a \boxed{} in the tag is unwrapped). None when there is none to grade.
-
     >>> extract_answer("<think> 2+2 </think> <answer> 4 </answer>", "r1")
     '4'
     """
@@ -143,7 +139,6 @@ def extract_answer(response, template):
 
 # --- 3. Verifier reward: binary and rule-based (R1-Zero's "verifiable reward") --------------------
 UNITS = "degree|cm|centimeter|meter|mile|second|minute|hour|day|week|month|year|foot|feet|inch|yard"
-
 def normalize_answer(s):
     r"""An answer as the paper's grader compares strings before math-verify: wrappers, units, $, %,
     degrees, spacing, case dropped (its `_normalize`, less its rules that make false matches).
@@ -161,10 +156,8 @@ def normalize_answer(s):
     s = s[1:-1] if s[:1] == "{" and s[-1:] == "}" else s  # "{5}"
     # thousands separators in a lone number: "10,000" -> "10000" (but "(1,000)" is a tuple)
     return s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s) else s
-
 def math_equal(pred, gold):
     """math-verify equivalence of two answer strings.
-
     >>> math_equal("\\\\frac12", "0.5"), math_equal("3", "4")
     (True, False)
     """
@@ -175,18 +168,15 @@ def math_equal(pred, gold):
         return bool(verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + pred + "}")))
     except Exception:  # malformed LaTeX from the model is a wrong answer, never a crash
         return False
-
 def grade(response, gold, template, truncated=False, r1_strict=True):
     r"""The verifier: 1.0 if the response's answer matches any gold answer, else 0.0. No partial
-    credit, no format credit, nothing about length.
-
+    credit, no format credit, nothing about length:
     - The answer is the last \boxed{} (qwen_math, none) or the <answer> tag (r1). With r1_strict
       (the paper's rule) an r1 response must also contain "</think> <answer>".
     - A response cut off at max_new_tokens scores 0 whatever it says (as the reference code does).
     - Equivalence in the order of the paper's grader (its fast=False, evaluation mode): equal
       normalize_answer() strings, else math-verify (fractions/decimals, intervals, tuples, units,
       percentages, degrees, matrices). `gold` is a string or a list of accepted strings.
-
     >>> grade(r"... so the answer is \boxed{\frac{1}{2}}", "0.5", "qwen_math")
     1.0
     >>> [grade(r, "2", "r1") for r in ("<think> 1 </think><answer> 2 </answer>",
@@ -211,21 +201,18 @@ class Completion:
     text: str  # decoded without special tokens
     truncated: bool  # True: hit max_new_tokens ("length"); False: stopped by EOS or a stop string
     logprobs: list = None  # the sampler's log-prob of each token (diagnostics), when it gives them
-
 def stop_token_ids(tokenizer):
     """Every id that ends a response: EOS and the chat/text end markers (Qwen has both)."""
     ids = {tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(t)
                                      for t in ("<|im_end|>", "<|endoftext|>"))}
     return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
-
 class HFSampler:
     """Sampling with `model.generate`: slow but simple; it always sees the trainer's weights."""
     name = "hf"
-
-    def __init__(self, model, tokenizer, template, batch_size=256):
+    def __init__(self, model, tokenizer, template, batch_size=256, static_cache=False):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.static = static_cache  # a static KV cache: on CUDA, a compiled decoding step
         self.stop_ids, self.stop_strings = stop_token_ids(tokenizer), STOP_STRINGS[template]
-
     @torch.no_grad()
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
         """prompts: list of str -> list (per prompt) of n Completions."""
@@ -235,34 +222,32 @@ class HFSampler:
         model.eval()  # (train() puts it back in training mode for the update)
         per_call = max(1, self.batch_size // n)
         for i in range(0, len(prompts), per_call):
-            enc = tok(prompts[i:i + per_call], return_tensors="pt", padding=True,
+            enc = tok(prompts[i:i + per_call], return_tensors="pt", padding=True,  # static: 64s,
+                      pad_to_multiple_of=64 if self.static else None,  # fewer shapes to compile
                       add_special_tokens=False).to(model.device)
             gen = model.generate(
                 **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, do_sample=not greedy,
                 temperature=None if greedy else temperature, top_p=None if greedy else top_p,
                 top_k=None, eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id,
-                stop_strings=self.stop_strings or None, tokenizer=tok, use_cache=True)
+                stop_strings=self.stop_strings or None, tokenizer=tok, use_cache=True,
+                cache_implementation="static" if self.static else None)
             new = gen[:, enc["input_ids"].shape[1]:].tolist()
             out += [[self._completion(ids, max_new_tokens) for ids in new[j:j + n]]
                     for j in range(0, len(new), n)]
         return out
-
     def _completion(self, ids, max_new_tokens):
         cut = next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))
         ids = ids[:cut]  # up to the first stop token (generate pads finished rows after it)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         stopped = ids[-1] in self.stop_ids or any(text.endswith(s) for s in self.stop_strings)
         return Completion(ids, text, truncated=not stopped and len(ids) >= max_new_tokens)
-
     sync = lambda self, model: 0.0  # noqa: E731  it samples with the trainer's (working) weights
     sleep = wake = lambda self: None  # noqa: E731  nothing to copy, nothing to free
-
 class VLLMSampler:
     """Sampling with vLLM (paged attention, continuous batching: many times faster). Its engine has
     its *own copy* of the weights: `sync` copies the trainer's in after every update, or the
     samples would come from a stale policy."""
     name = "vllm"
-
     def __init__(self, model, tokenizer, template, max_model_len, seed=0, gpu_memory=0.35):
         import logging, warnings
         warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")
@@ -275,7 +260,6 @@ class VLLMSampler:
             dict(kv_cache_memory_bytes=512 << 20, enforce_eager=True)  # CPU: 512 MiB KV, no graphs
         self.llm = LLM(model=path, tokenizer=path, dtype="bfloat16" if self.on_gpu else "float32",
                        seed=seed, max_model_len=max_model_len, use_tqdm_on_load=False, **kw)
-
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
         from vllm import SamplingParams
         params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens,
@@ -291,7 +275,6 @@ class VLLMSampler:
         return [[Completion(list(c.token_ids), decode(c.token_ids), c.finish_reason == "length",
                             logprobs=[lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
                  for c in out.outputs] for out in outs]
-
     @torch.no_grad()
     def sync(self, model):
         """Copy the trainer's weights into the engine (on-policy); -> seconds. The worker's
@@ -303,16 +286,14 @@ class VLLMSampler:
         worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         self.llm.reset_prefix_cache()  # KV computed by the old weights
         return time.time() - t
-
     sleep = lambda self: self.on_gpu and self.llm.sleep(level=1)  # noqa: E731  GPU: frees memory
     wake = lambda self: self.on_gpu and self.llm.wake_up()  # noqa: E731
-
 def make_sampler(cfg, model, tokenizer, rows):
     """The sampler --sampler asks for (auto: vLLM if installed, else HF). vLLM sizes its context
     for the longest prompt among `rows`, the problems it will be asked."""
     import importlib.util
     if cfg.sampler == "hf" or (cfg.sampler == "auto" and not importlib.util.find_spec("vllm")):
-        return HFSampler(model, tokenizer, cfg.template)
+        return HFSampler(model, tokenizer, cfg.template, static_cache=cfg.hf_static_cache)
     prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
     longest = max(map(len, tokenizer(prompts, add_special_tokens=False)["input_ids"]))
     return VLLMSampler(model, tokenizer, cfg.template, longest + cfg.max_new_tokens, cfg.seed,
@@ -325,7 +306,6 @@ def make_sampler(cfg, model, tokenizer, rows):
 # Monte-Carlo baseline, RLOO's leave-one-out advantage times (G-1)/G.
 def group_advantages(rewards, adv_norm):
     """rewards [num_prompts, G] -> advantages [num_prompts, G].
-
     >>> group_advantages(torch.tensor([[1., 0., 0., 0.]]), "none")
     tensor([[ 0.7500, -0.2500, -0.2500, -0.2500]])
     >>> group_advantages(torch.tensor([[1., 0., 0., 0.]]), "group")
@@ -360,7 +340,6 @@ def ppo_token_loss(logp, old_logp, adv, clip_low, clip_high):
     unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     was_clipped = (clipped < unclipped).float()  # min picks the clipped branch: no gradient from it
     return -torch.minimum(unclipped, clipped), was_clipped
-
 def aggregate_loss(token_loss, mask, loss_agg, batch_seqs, batch_tokens, norm_const):
     """token_loss, mask [b, T] (one micro-batch) -> its share of the optimizer batch's loss.
     batch_seqs / batch_tokens: responses / response tokens in the *whole optimizer batch*.
@@ -387,48 +366,60 @@ class Sample:
     advantage: float
     old_logp: torch.Tensor = None  # log pi_old per response token, when ratio != 1
     ref_logp: torch.Tensor = None  # log pi_ref per response token, when kl_beta > 0
-
-def head_logprobs(hidden, lm_head, targets):
-    """[n, d] hidden states -> log pi(target) and entropy, [n] each.
-
-    >>> head = torch.nn.Linear(2, 3, bias=False); _ = torch.nn.init.zeros_(head.weight)  # uniform
-    >>> logp, entropy = head_logprobs(torch.ones(2, 2), head, torch.tensor([0, 2]))
-    >>> [[round(v, 4) for v in x.tolist()] for x in (logp, entropy)]
-    [[-1.0986, -1.0986], [1.0986, 1.0986]]
+class HeadLogProbs(torch.autograd.Function):
+    """[n, d] hidden states, the LM head's weight -> log pi(target), entropy, [n] each; `chunk` rows
+    at a time. [n x vocab] fp32 logits are the update's largest tensor (8 x 3000 tokens x 151,936
+    words: 14.6 GB): none is kept. Backward recomputes a chunk's (one more matmul) and writes
+    d logp/d logits = onehot - softmax itself (as TRL's, verl's fused heads). Entropy: no gradient.
+    >>> HeadLogProbs.apply(torch.ones(1, 2), torch.zeros(3, 2), torch.tensor([2]), 1)  # uniform
+    (tensor([-1.0986]), tensor([1.0986]))
     """
-    logp_all = torch.log_softmax(lm_head(hidden).float(), dim=-1)
-    p_logp = logp_all.detach().exp().mul_(logp_all.detach())  # in place: one [n, vocab] buffer
-    return logp_all.gather(1, targets.unsqueeze(1)).squeeze(1), -p_logp.sum(-1)
-
-def token_logprobs(model, ids, response_mask, where, chunk_bytes=512 << 20):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.chunk, out = chunk, [hidden.new_empty(len(hidden), dtype=torch.float) for _ in "lh"]
+        for i in range(0, len(hidden), chunk):
+            logp = torch.log_softmax((hidden[i:i + chunk] @ weight.T).float(), -1)
+            out[0][i:i + chunk] = logp.gather(1, targets[i:i + chunk, None])[:, 0]
+            out[1][i:i + chunk] = -(logp.exp() * logp).sum(-1)
+        ctx.mark_non_differentiable(out[1])
+        return tuple(out)
+    @staticmethod
+    def backward(ctx, grad_logp, _):
+        hidden, weight, targets = ctx.saved_tensors
+        grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(weight).float()
+        for i in range(0, len(hidden), ctx.chunk):
+            h, g = hidden[i:i + ctx.chunk], grad_logp[i:i + ctx.chunk, None]
+            d_logits = torch.softmax((h @ weight.T).float(), -1).mul_(-g)  # g x (onehot - softmax)
+            d_logits = d_logits.scatter_add_(1, targets[i:i + ctx.chunk, None], g).to(h.dtype)
+            grad_hidden[i:i + ctx.chunk] = d_logits @ weight
+            grad_weight += (d_logits.T @ h).float()  # summed over chunks in fp32
+        return grad_hidden, grad_weight.to(weight.dtype), None, None
+def token_logprobs(model, ids, response_mask, where, packed=None, chunk_bytes=512 << 20):
     """log pi(token) at every response token, and the policy's entropy there; [b, T-1], 0 elsewhere.
-    The [tokens x vocab] logits are the update's largest tensor (8 x 3000 tokens x 151,936 words =
-    14.6 GB in fp32): the LM head runs at response positions only, chunk_bytes of logits at a time
-    (Qwen: 883 positions), each checkpointed (backward recomputes it: exact, one more matmul)."""
-    from torch.utils.checkpoint import checkpoint
-    n = max(1, chunk_bytes // (4 * model.config.vocab_size))  # positions per chunk
-    hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state  # (no KV cache to keep)
-    h, targets = hidden[where], ids[:, 1:][where]  # the response positions, and their next tokens
-    recompute = torch.is_grad_enabled() and len(h) > n
-    parts = [checkpoint(head_logprobs, h[i:i + n], model.lm_head, targets[i:i + n],
-                        use_reentrant=False) if recompute else
-             head_logprobs(h[i:i + n], model.lm_head, targets[i:i + n])
-             for i in range(0, len(h), n)]
-    flat = [torch.cat([p[k] for p in parts]) for k in (0, 1)]  # log-probs, entropies
-    return [torch.zeros_like(response_mask).index_put(where, v) for v in flat]
-
+    The LM head runs at response positions only, chunk_bytes of fp32 logits at a time (Qwen 883)"""
+    if packed:  # one row: positions restart at 0 for each sequence; attention stays within each
+        from transformers import AttentionInterface
+        AttentionInterface.register("sdpa", packed_attention)  # (only packed calls change)
+        inputs, where_packed = packed
+        if ids.is_cuda and model.dtype == torch.bfloat16:  # varlen needs no mask: a 4D stand-in
+            inputs = {**inputs, "attention_mask": ids.new_ones(1, 1, 1, 1, dtype=torch.bool)}
+        hidden = model.model(**inputs, use_cache=False).last_hidden_state[0, where_packed]
+    else:  # (use_cache=False: no KV cache to keep)
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[where]
+    chunk = max(1, chunk_bytes // (4 * model.config.vocab_size))
+    logp, entropy = HeadLogProbs.apply(hidden, model.lm_head.weight, ids[:, 1:][where], chunk)
+    return [torch.zeros_like(response_mask).index_put(where, v) for v in (logp, entropy)]
 @torch.no_grad()
 def fill_logprobs(model, samples, attr, cfg, pad_id):
     """Keep each response's log-probs under `model` (pi_old or pi_ref) before an update."""
     for mb in micro_batches(samples, cfg):
-        logp, _ = token_logprobs(model, *collate(mb, pad_id, model.device))
+        logp, _ = token_logprobs(model, *collate(mb, pad_id, model.device, cfg.pack))
         for i, s in enumerate(mb):
             setattr(s, attr, logp[i, slice(*span(s))])
-
 def optimizer_step(model, optimizer, batch, cfg, pad_id, work=None):
-    """One optimizer step on a batch of samples (responses), accumulated over micro-batches.
-    work: a bf16 copy of `model` that runs forward and backward (None: `model` itself).
-    -> statistics (entropy and clip_frac: means over the tokens trained on)"""
+    """One optimizer step on a batch of samples, summed over micro-batches, run by `work` (a bf16
+    copy of `model`; None: `model`). -> stats (entropy, clip_frac: means over trained tokens)"""
     work = model if work is None else work
     batch_seqs = len(batch)  # the normalisers count every response, the skipped ones too: same loss
     batch_tokens = sum(len(s.completion.token_ids) for s in batch)
@@ -437,11 +428,10 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, work=None):
     train_on = [s for s in batch if s.advantage != 0 or cfg.kl_beta > 0]
     n_tokens = max(1, sum(len(s.completion.token_ids) for s in train_on))
     stats = dict.fromkeys(("loss", "clip_frac", "entropy", "kl"), 0.0)  # GPU tensors: no sync
-    # sorted by length, micro-batches pad little; their sum does not depend on the order
-    by_length = sorted(train_on, key=lambda s: span(s)[1])
+    by_length = sorted(train_on, key=lambda s: span(s)[1])  # little padding; a sum: any order
     for mb in micro_batches(by_length, cfg):
-        ids, response_mask, where = collate(mb, pad_id, model.device)
-        logp, entropy = token_logprobs(work, ids, response_mask, where)
+        ids, response_mask, where, packed = collate(mb, pad_id, model.device, cfg.pack)
+        logp, entropy = token_logprobs(work, ids, response_mask, where, packed)
         for i, s in enumerate(mb):  # pi_old = pi_theta here (kept: diagnostics)
             if s.old_logp is None:
                 s.old_logp = logp[i, slice(*span(s))].detach()
@@ -569,12 +559,9 @@ def train(cfg):
 
 # ====== Appendix: the plumbing. Nothing below changes the algorithm above. ======================
 # --- A. Flags, files and models, checked before anything slow; the data, in the order it is read --
-class UserError(Exception):  # a flag, file or line is wrong: one line, exit code 2
-    pass
-class TrainingStopped(Exception):  # gradients keep being NaN (weights saved first): exit code 3
-    pass
-class Terminated(Exception):  # SIGTERM, after saving a checkpoint: exit code 143, as shells say
-    pass
+class UserError(Exception): """a flag, file or line is wrong: one line, exit code 2"""
+class TrainingStopped(Exception): """gradients keep being NaN (weights saved first): exit code 3"""
+class Terminated(Exception): """SIGTERM, after saving a checkpoint: exit code 143, as shells say"""
 def resolve(cfg):
     """Fill the toggles from --algo (grpo: adv_norm "group", loss_agg "seq_mean_token_mean") and
     check the flags, before anything slow happens."""
@@ -642,8 +629,7 @@ def load_jsonl(path, quiet=False):
             except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError
                 raise UserError(f"{path}:{n}: invalid JSON ({getattr(e, 'msg', e)})") from None
             where = f"{path}:{n}:"
-            check(isinstance(row, dict), f"{where} expected a JSON object, got "
-                                         f"{type(row).__name__}")
+            check(isinstance(row, dict), f"{where} expected a JSON object ({type(row).__name__})")
             for key in ("problem", "answer"):
                 check(key in row, f"{where} missing field '{key}'")
             check(isinstance(row["problem"], str), f"{where} field 'problem' must be a string")
@@ -722,9 +708,7 @@ def grade_batch(items, workers=4, timeout=10.0):
                 except (EOFError, OSError):  # the worker died (out of memory, say)
                     grades[i] = None
                 if grades[i] is None:  # too slow, or dead: SIGKILL, and a fresh worker
-                    proc.kill()
-                    proc.join()
-                    conn.close()
+                    proc.kill(), proc.join(), conn.close()
                     GRADERS[w], grades[i], failed = start_grader(), 0.0, failed + 1
     except BaseException:  # a busy worker would answer the next batch with a stale grade
         for proc, _ in GRADERS:
@@ -838,13 +822,13 @@ class StopRequest:
 # --- D. Batches of samples, models and devices ----------------------------------------------------
 def span(s):  # where a sample's response sits among a collated row's next-token positions
     return len(s.prompt_ids) - 1, len(s.prompt_ids) + len(s.completion.token_ids) - 1
-def collate(samples, pad_id, device):
+def collate(samples, pad_id, device, pack=False):
     """Right-padded [prompt + response] ids; the response mask, 1 at the *next-token* positions
     whose target is a response token (where the loss is taken); its (row, col) indices, found on
     the CPU (on a GPU, that would stall it). No attention mask: pads on the right are never seen
     by a real token under causal attention. Exact, and SDPA's fast causal kernel (issue 14: 3.3x).
-
-    >>> ids, mask, _ = collate([Sample([5, 6], Completion([7, 8], "", False), 1., 1.)], 0, "cpu")
+    pack: also the same tokens as one row without pads (model inputs), and the responses in it.
+    >>> ids, mask, _, _ = collate([Sample([5, 6], Completion([7, 8], "", False), 1., 1.)], 0, "cpu")
     >>> ids.tolist(), mask.tolist()  # logits at position 1 predict token 7, at position 2 predict 8
     ([[5, 6, 7, 8]], [[0.0, 1.0, 1.0]])
     """
@@ -855,22 +839,41 @@ def collate(samples, pad_id, device):
         ids[i, :len(seq)] = torch.tensor(seq)
         response_mask[i, slice(*span(s))] = 1
     where = tuple(w.to(device) for w in response_mask.nonzero(as_tuple=True))
-    return ids.to(device), response_mask.to(device), where
+    if not pack:
+        return ids.to(device), response_mask.to(device), where, None
+    starts, t = [0, *itertools.accumulate(map(len, seqs))], partial(torch.tensor, device=device)
+    inputs = dict(input_ids=t([sum(seqs, [])]), max_length_q=ids.shape[1],
+                  position_ids=t([[i for q in seqs for i in range(len(q))]]),  # RoPE's, each from 0
+                  cu_seq_lens_q=t(starts, dtype=torch.int32))  # where each sequence starts
+    responses = t([a + i for s, a in zip(samples, starts) for i in range(*span(s))])
+    return ids.to(device), response_mask.to(device), where, (inputs, responses)
 def chunks(xs, n):
     return [xs[i:i + n] for i in range(0, len(xs), n)]
 def micro_batches(samples, cfg):
-    """Samples (sorted by length) -> micro-batches of --micro_batch_size samples or, with
-    --micro_batch_tokens (verl's ppo_max_token_len_per_gpu), of as many as fit that many padded
-    tokens: big matmuls for short responses, and memory that does not depend on their length.
-    The normalisers count the whole optimizer batch, so the loss does not change (tested)."""
+    """Sorted samples -> micro-batches of --micro_batch_size or, by --micro_batch_tokens (verl's
+    ppo_max_token_len_per_gpu), as many as fit (padded: count x longest; packed: sum): big matmuls
+    for short responses, memory that does not depend on length. Same loss: normalisers count all."""
     if not cfg.micro_batch_tokens:
         return chunks(samples, cfg.micro_batch_size)
+    size = sum if cfg.pack else lambda n: len(n) * max(n)  # (sorted: the newest is the longest)
     out = []
-    for s in samples:  # sorted: a micro-batch's padded size is its count x its newest sequence
-        if not out or (len(out[-1]) + 1) * (span(s)[1] + 1) > cfg.micro_batch_tokens:
+    for s in samples:
+        if not out or size([span(x)[1] + 1 for x in out[-1] + [s]]) > cfg.micro_batch_tokens:
             out.append([])
         out[-1].append(s)
     return out
+def packed_attention(module, q, k, v, mask, scaling=None, cu_seq_lens_q=None, **kw):
+    """transformers' SDPA, but on CUDA in bf16 a packed row (collate(pack=True)) runs torch's varlen
+    flash kernel: each sequence attends within itself, no pad, no mask (torch >= 2.12: GQA said).
+    Elsewhere transformers masks a packed row itself, from its positions: plain SDPA, exact."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if cu_seq_lens_q is None or not (q.is_cuda and q.dtype == torch.bfloat16):
+        return sdpa_attention_forward(module, q, k, v, mask, scaling=scaling, **kw)
+    from torch.nn.attention.varlen import varlen_attn
+    q, k, v = (x[0].transpose(0, 1) for x in (q, k, v))  # [1, heads, N, d] -> [N, heads, d]
+    gqa = {f: True for f in ["enable_gqa"] if f in inspect.signature(varlen_attn).parameters}
+    cu, n = cu_seq_lens_q, kw["max_length_q"]
+    return varlen_attn(q, k, v, cu, cu, n, n, scale=scaling, window_size=(-1, 0), **gqa)[None], None
 def pick_device(cfg):
     """CUDA when present, and bf16 there (over fp32 master weights: Adam at lr 1e-6 needs fp32)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -885,10 +888,9 @@ def load_model(path, device):
         tokenizer.pad_token = tokenizer.eos_token
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device), tokenizer
 def working_copy(model, dtype, replace=False):
-    """A bf16 copy of the fp32 master weights (buffers, e.g. RoPE's, stay fp32) for every forward,
-    backward and HF sample; its gradients are summed in the master's, in fp32, which Adam updates
-    (as FSDP's MixedPrecision). Cast once per optimizer step: autocast re-casts every weight in
-    every micro-batch and recomputed chunk (15% of the H100 update time). fp32: `model` itself."""
+    """A bf16 copy of the fp32 master weights (buffers, e.g. RoPE's, stay fp32) for forward,
+    backward and HF sampling; its gradients are summed in the master's in fp32, which Adam updates
+    (FSDP's MixedPrecision). Cast once a step, not per micro-batch as autocast. fp32: `model`."""
     work = model if replace or dtype is None else copy.deepcopy(model)
     for p in work.parameters() if dtype else ():
         p.data = p.data.to(dtype)
@@ -906,23 +908,21 @@ def print_plan(cfg, model, device, dtype, sampler, n_problems, updates):
           f"{updates * cfg.epochs_per_rollout} optimizer step(s) of {cfg.train_batch_size}")
 def rollout_metrics(groups, rewards):
     """Diagnostics of one rollout; the paper's key one is right vs wrong response length (Fig. 1).
-
-    >>> c = lambda n, cut=False: Completion([0] * n, "", cut)
-    >>> m = rollout_metrics([[c(4), c(10, True)]], torch.tensor([[1., 0.]]))
+    >>> m = rollout_metrics([[Completion([0] * 4, "", False), Completion([0] * 10, "", True)]],
+    ...                     torch.tensor([[1., 0.]]))
     >>> m["len_correct"], m["len_incorrect"], m["truncated_frac"], m["zero_std_group_frac"]
     (4.0, 10.0, 0.5, 0.0)
     """
     flat, r = [c for g in groups for c in g], rewards.flatten().tolist()
     lens = [len(c.token_ids) for c in flat]
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731  (None: null in JSON, no data)
-    return {
-        "reward": rewards.mean().item(), "accuracy": mean([float(x > 0) for x in r]),
-        "len_mean": mean(lens), "len_correct": mean([n for n, x in zip(lens, r) if x > 0]),
-        "len_incorrect": mean([n for n, x in zip(lens, r) if x <= 0]),
-        "truncated_frac": mean([float(c.truncated) for c in flat]),
-        "zero_std_group_frac": (rewards.std(dim=1, correction=0) == 0).float().mean().item(),
-        "all_correct_group_frac": (rewards.min(dim=1).values > 0).float().mean().item(),
-        "all_wrong_group_frac": (rewards.max(dim=1).values <= 0).float().mean().item()}
+    return {"reward": rewards.mean().item(), "accuracy": mean([float(x > 0) for x in r]),
+            "len_mean": mean(lens), "len_correct": mean([n for n, x in zip(lens, r) if x > 0]),
+            "len_incorrect": mean([n for n, x in zip(lens, r) if x <= 0]),
+            "truncated_frac": mean([float(c.truncated) for c in flat]),
+            "zero_std_group_frac": (rewards.std(dim=1, correction=0) == 0).float().mean().item(),
+            "all_correct_group_frac": (rewards.min(dim=1).values > 0).float().mean().item(),
+            "all_wrong_group_frac": (rewards.max(dim=1).values <= 0).float().mean().item()}
 def loss_push(samples, cfg):
     """How hard the loss pushes right and wrong responses: sum over their tokens of |A_i| x
     d loss / d l_it (ratio 1, the rollout as one batch). GRPO gives each token of a response

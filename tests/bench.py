@@ -265,7 +265,7 @@ SHAPES = {  # Qwen2Config fields; qwen2.5-0.5b: Qwen/Qwen2.5-0.5B's config.json 
 
 
 def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=8, steps=3, checkpointing=False,
-               micro_batch_tokens=0):
+               micro_batch_tokens=0, pack=False):
     """drgrpo's update phase alone, a bf16 working copy over fp32 master weights as `train` runs it on a GPU, on a synthetic
     rollout of random tokens (prompts x G responses, lengths uniform in [max_new/16, max_new], every advantage
     nonzero so every response is trained): -> tokens/s and MFU against this device's measured bf16 matmul peak."""
@@ -284,7 +284,7 @@ def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=
         work.gradient_checkpointing_enable()
     params = sum(p.numel() for p in model.parameters())
     cfg = drgrpo.resolve(drgrpo.Config(micro_batch_size=micro_batch, max_new_tokens=max_new, lr=1e-6,
-                                       micro_batch_tokens=micro_batch_tokens))
+                                       micro_batch_tokens=micro_batch_tokens, pack=pack))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     gen = torch.Generator().manual_seed(0)
     vocab = SHAPES[shape]["vocab_size"]
@@ -301,7 +301,7 @@ def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shape": shape, "params": params,
            "bf16_matmul_peak_tflops": peak / 1e12, "responses": len(samples), "response_tokens": response,
            "prompt_tokens": prompt_len * len(samples), "micro_batch": micro_batch,
-           "micro_batch_tokens": micro_batch_tokens, "checkpointing": checkpointing,
+           "micro_batch_tokens": micro_batch_tokens, "pack": pack, "checkpointing": checkpointing,
            "update_s": times, "median_s": step_s, "response_tokens_per_s": response / step_s,
            # the issue's definition: 6 x params x trained (response) tokens; prompts also run forward and
            # backward, so the second figure counts them too (attention's own FLOPs are in neither)
@@ -316,7 +316,7 @@ def update_mfu(shape, prompts=8, G=8, prompt_len=256, max_new=2048, micro_batch=
     return out
 
 
-def hf_sampler_tps(shape, sequences=128, prompt_len=256, max_new=512, dtype="auto"):
+def hf_sampler_tps(shape, sequences=128, prompt_len=256, max_new=512, dtype="auto", static_cache=False):
     """The HF sampler's decoding speed as `train` runs it: `generate` on the working copy (bf16 on CUDA, fp32 on CPU
     unless dtype says otherwise), sampling at temperature 1, every sequence forced to max_new tokens (a random model
     would otherwise stop anywhere). The first call (warm-up) is reported apart. -> new tokens/s"""
@@ -334,13 +334,13 @@ def hf_sampler_tps(shape, sequences=128, prompt_len=256, max_new=512, dtype="aut
         with torch.no_grad():
             out = work.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                                 top_p=None, top_k=None, max_new_tokens=max_new, min_new_tokens=max_new,
-                                pad_token_id=0, use_cache=True)
+                                pad_token_id=0, use_cache=True, cache_implementation="static" if static_cache else None)
         sync(), times.append(time.perf_counter() - t)
     new = (out.shape[1] - prompt_len) * sequences
     res = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shape": shape,
-           "dtype": str(work_dtype or torch.float32), "sequences": sequences, "prompt_len": prompt_len,
+           "dtype": str(work_dtype or torch.float32), "static_cache": static_cache, "sequences": sequences, "prompt_len": prompt_len,
            "new_tokens": new, "seconds": times, "tokens_per_s": new / times[1], "warmup_tokens_per_s": new / times[0]}
-    print(f"HF sampler, {shape} ({res['dtype']}) on {res['device']}: {sequences} x {max_new} new tokens after "
+    print(f"HF sampler, {shape} ({res['dtype']}{', static KV cache' if static_cache else ''}) on {res['device']}: {sequences} x {max_new} new tokens after "
           f"{prompt_len}-token prompts: {res['tokens_per_s']:.0f} tokens/s (first call {res['warmup_tokens_per_s']:.0f})")
     return res
 
@@ -394,6 +394,9 @@ def main():
                    "uniform in [max_new/16, max_new])")
     p.add_argument("--micro_batch_tokens", type=int, default=0, help="with --update_mfu: padded tokens per "
                    "micro-batch instead (drgrpo's --micro_batch_tokens)")
+    p.add_argument("--pack", action="store_true", help="with --update_mfu: padding-free packing (drgrpo's --pack)")
+    p.add_argument("--static_cache", action="store_true", help="with --hf_sampler: a static KV cache (drgrpo's "
+                   "--hf_static_cache; on CUDA transformers compiles the decoding step)")
     p.add_argument("--hf_sampler", choices=SHAPES, help="only the HF sampler's decoding speed on a random model of this "
                    "shape (128 x 512 new tokens, bf16 working copy on a GPU), into runs/bench/hf_sampler.json")
     p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
@@ -410,14 +413,14 @@ def main():
         os.makedirs(OUT, exist_ok=True)
         small = dict(sequences=4, prompt_len=8, max_new=8) if args.hf_sampler == "tiny" else {}
         with open(os.path.join(OUT, "hf_sampler.json"), "w") as f:
-            json.dump(hf_sampler_tps(args.hf_sampler, **small), f, indent=2)
+            json.dump(hf_sampler_tps(args.hf_sampler, static_cache=args.static_cache, **small), f, indent=2)
         return
     if args.update_mfu:
         os.makedirs(OUT, exist_ok=True)
         small = dict(prompts=2, G=2, prompt_len=16, max_new=64) if args.update_mfu == "tiny" else {}
         big = dict(prompts=args.responses // 8, max_new=args.max_new)
         res = update_mfu(args.update_mfu, checkpointing=args.checkpointing, micro_batch=args.micro_batch,
-                         micro_batch_tokens=args.micro_batch_tokens, **(small or big))
+                         micro_batch_tokens=args.micro_batch_tokens, pack=args.pack, **(small or big))
         with open(os.path.join(OUT, "update_mfu.json"), "w") as f:
             json.dump(res, f, indent=2)
         return

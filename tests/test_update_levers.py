@@ -5,7 +5,11 @@
 - micro-batches by a token budget (--micro_batch_tokens): the same loss and gradients as micro-batches by count;
 - the bf16 working copy over fp32 master weights: gradients in fp32, equal to the fp32 path to bf16's precision,
   and the copy refreshed from the master after the step;
-- no host sync inside the micro-batch loop: one `.item()` per optimizer step, however many micro-batches.
+- no host sync inside the micro-batch loop: one `.item()` per optimizer step, however many micro-batches;
+- padding-free packing (--pack): a micro-batch as one row without pads gives the unpadded log-probs, entropy, loss
+  and gradients, with grouped-query attention and gradient checkpointing too (on CUDA, torch's varlen kernel: the
+  test of it runs where there is a GPU);
+- the fused LM head (HeadLogProbs): log-probs, entropy and gradients equal to autograd through a full log-softmax.
 """
 import copy
 
@@ -44,7 +48,7 @@ def sgd_step(model, batch, cfg, work=None):
 
 def test_no_attention_mask_gives_the_unpadded_logprobs_and_entropy():
     model, batch = random_qwen(), rollout()
-    ids, mask, where = drgrpo.collate(batch, 0, "cpu")
+    ids, mask, where, _ = drgrpo.collate(batch, 0, "cpu")
     assert (ids == 0).any()  # right padding is really there
     with torch.no_grad():
         logp, entropy = drgrpo.token_logprobs(model, ids, mask, where)
@@ -149,9 +153,94 @@ def test_pretraining_micro_batches_give_the_full_batch_loss_and_gradient():
         model.zero_grad(set_to_none=True)
         results.append((arith.pretrain_backward(model, batch, 0, budget), flat_grads(model)))
     (loss, grad), (mb_loss, mb_grad) = results
-    ids, mask, _ = drgrpo.collate(batch, 0, "cpu")  # the plain next-token loss, by hand, for the value
+    ids, mask, _, _ = drgrpo.collate(batch, 0, "cpu")  # the plain next-token loss, by hand, for the value
     logits = model(input_ids=ids).logits[:, :-1]
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     assert torch.allclose(loss, (nll * mask).sum() / mask.sum(), atol=1e-6)
     assert torch.allclose(mb_loss, loss, atol=1e-6)
     assert grad.abs().max() > 0 and torch.allclose(mb_grad, grad, atol=1e-7, rtol=1e-5)
+
+
+def gqa_qwen(seed=0):
+    """4 query heads sharing 2 key/value heads, as Qwen2.5's 14/2 or 12/2: packing must keep GQA right."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=1000, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                        pad_token_id=0, bos_token_id=None, eos_token_id=1))
+
+
+def test_packed_row_gives_the_unpadded_logprobs_and_entropy():
+    model, batch = gqa_qwen(), rollout()
+    ids, mask, where, packed = drgrpo.collate(batch, 0, "cpu", pack=True)
+    inputs, responses = packed
+    lengths = [len(s.prompt_ids) + len(s.completion.token_ids) for s in batch]
+    assert inputs["input_ids"].shape == (1, sum(lengths)) and sum(lengths) < ids.numel()  # no pad, and it had some
+    assert inputs["position_ids"][0, lengths[0]] == 0  # positions restart with each sequence
+    assert len(responses) == int(mask.sum())
+    with torch.no_grad():
+        logp, entropy = drgrpo.token_logprobs(model, ids, mask, where, packed)
+        ref_logp, ref_entropy = plain_logprobs(model, batch)
+        padded, _ = drgrpo.token_logprobs(model, ids, mask, where)  # unpacked calls: plain SDPA as before
+    for i, s in enumerate(batch):
+        a, b = drgrpo.span(s)
+        assert torch.allclose(logp[i, a:b], ref_logp[i], atol=1e-5)
+        assert torch.allclose(entropy[i, a:b], ref_entropy[i], atol=1e-5)
+        assert torch.allclose(padded[i, a:b], ref_logp[i], atol=1e-5)
+    assert (logp * (1 - mask) == 0).all()
+
+
+@pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
+def test_packed_update_gives_the_padded_loss_and_gradient(loss_agg):
+    model, batch = gqa_qwen(), rollout()
+    results = [sgd_step(copy.deepcopy(model), batch, cfg_for(loss_agg, **kw))
+               for kw in ({"micro_batch_size": 4}, {"micro_batch_size": 4, "pack": True},
+                          {"micro_batch_tokens": 40, "pack": True})]
+    checkpointed = copy.deepcopy(model)  # recomputation in backward sees the packed row's arguments again
+    checkpointed.gradient_checkpointing_enable()
+    checkpointed.train()
+    results.append(sgd_step(checkpointed, batch, cfg_for(loss_agg, micro_batch_size=4, pack=True)))
+    for stats, grad in results[1:]:
+        assert stats["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5, abs=1e-6)  # (it sums to ~0)
+        assert torch.allclose(grad, results[0][1], atol=1e-6, rtol=1e-4)
+    assert results[0][1].abs().sum() > 0
+
+
+def test_packed_token_budget_counts_real_tokens_not_padding():
+    batch = sorted(rollout(), key=lambda s: drgrpo.span(s)[1])
+    packed = drgrpo.micro_batches(batch, cfg_for("token_mean", micro_batch_tokens=40, pack=True))
+    padded = drgrpo.micro_batches(batch, cfg_for("token_mean", micro_batch_tokens=40))
+    assert [s for mb in packed for s in mb] == batch
+    for mb in packed:
+        assert sum(drgrpo.span(s)[1] + 1 for s in mb) <= 40 or len(mb) == 1
+    assert len(packed) < len(padded)  # the same budget holds more sequences once pads are not counted
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_head_equals_autograd_through_the_full_log_softmax(dtype):
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(10, 8, generator=gen).to(dtype).requires_grad_()
+    weight = torch.randn(50, 8, generator=gen).to(dtype).requires_grad_()
+    targets, g = torch.randint(50, (10,), generator=gen), torch.randn(10, generator=gen)
+    logp, entropy = drgrpo.HeadLogProbs.apply(hidden, weight, targets, 3)  # 4 chunks of <= 3 rows
+    grads = torch.autograd.grad((logp * g).sum(), (hidden, weight))
+    ref = torch.log_softmax((hidden @ weight.T).float(), -1)  # what autograd does without the fused head
+    ref_logp, ref_entropy = ref.gather(1, targets[:, None])[:, 0], -(ref.exp() * ref).sum(-1)
+    ref_grads = torch.autograd.grad((ref_logp * g).sum(), (hidden, weight))
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    assert torch.allclose(logp, ref_logp, **tol) and torch.allclose(entropy, ref_entropy.detach(), **tol)
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == dtype and torch.allclose(a.float(), b.float(), **tol)
+    assert not entropy.requires_grad  # a diagnostic: no gradient from it
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen flash kernel runs on CUDA only (the CPU "
+                    "runs the per-sequence reference, tested above); run this file on a GPU to check the kernel")
+def test_packed_varlen_kernel_on_cuda_matches_the_padded_path():
+    model, batch = gqa_qwen(), rollout()
+    work = drgrpo.working_copy(model.cuda(), torch.bfloat16)
+    ids, mask, where, packed = drgrpo.collate(batch, 0, "cuda", pack=True)
+    logp, _ = drgrpo.token_logprobs(work, ids, mask, where, packed)
+    ref, _ = drgrpo.token_logprobs(work, ids, mask, where)
+    diff = (logp - ref)[mask.bool()].abs()
+    assert diff.mean() < 0.02 and diff.max() < 0.15  # bf16: the two kernels sum in different orders

@@ -44,13 +44,13 @@ def flat_grads(model):
 
 def test_chunked_head_gives_the_same_logprobs_entropy_and_gradients():
     model = random_qwen()
-    ids, tgt, where = drgrpo.collate(rollout(), 0, "cpu")
+    ids, tgt, where, _ = drgrpo.collate(rollout(), 0, "cpu")
     weights = torch.randn(tgt.shape)
     results = []
     for chunk in (10 ** 9, 7):  # one chunk (no checkpointing) vs 7 positions per chunk (checkpointed)
         chunk_bytes = chunk * 4 * model.config.vocab_size
         model.zero_grad()
-        logp, entropy = drgrpo.token_logprobs(model, ids, tgt, where, chunk_bytes)
+        logp, entropy = drgrpo.token_logprobs(model, ids, tgt, where, chunk_bytes=chunk_bytes)
         (logp * weights).sum().backward()
         results.append((logp.detach(), entropy, flat_grads(model)))
     assert int(tgt.sum()) > 7 * 3  # several chunks really ran
@@ -65,7 +65,7 @@ def test_skipping_zero_advantage_responses_changes_neither_loss_nor_update(loss_
                                 group_size=4, max_new_tokens=16, grad_clip=1e9))
     # reference: the plain formula over the whole batch, every response included
     ref = copy.deepcopy(model)
-    ids, tgt, where = drgrpo.collate(batch, 0, "cpu")
+    ids, tgt, where, _ = drgrpo.collate(batch, 0, "cpu")
     logp, _ = drgrpo.token_logprobs(ref, ids, tgt, where)
     adv = torch.tensor([s.advantage for s in batch]).unsqueeze(1)
     tok_loss, _ = drgrpo.ppo_token_loss(logp, logp.detach(), adv, 0.2, 0.2)
@@ -153,11 +153,12 @@ def test_chunked_head_never_holds_the_full_logits():
 
 def test_the_gpu_update_bench_runs_here_on_a_tiny_shape():
     """`tests/bench.py --update_mfu qwen2.5-0.5b` and `--hf_sampler qwen2.5-0.5b` are meant for a GPU, which CI lacks:
-    their code paths (bf16 working copy over fp32 weights, synthetic rollout, token budget, MFU arithmetic; forced-length
-    sampling) are exercised here on a tiny shape on the CPU."""
+    their code paths (bf16 working copy over fp32 weights, synthetic rollout, token budget, packing, MFU arithmetic;
+    forced-length sampling, static KV cache) are exercised here on a tiny shape on the CPU."""
     import bench
-    for budget in (0, 100):
-        out = bench.update_mfu("tiny", prompts=2, G=2, prompt_len=16, max_new=64, steps=1, micro_batch_tokens=budget)
+    for budget, pack in ((0, False), (100, False), (100, True)):
+        out = bench.update_mfu("tiny", prompts=2, G=2, prompt_len=16, max_new=64, steps=1, micro_batch_tokens=budget,
+                               pack=pack)
         assert out["responses"] == 4 and 4 * 4 <= out["response_tokens"] <= 4 * 64
         assert out["prompt_tokens"] == 4 * 16 and out["response_tokens_per_s"] > 0
         # MFU's arithmetic (no bound at 1: the CPU's bf16 "peak" is not a roofline, and the tiny shape's
@@ -165,5 +166,6 @@ def test_the_gpu_update_bench_runs_here_on_a_tiny_shape():
         assert 0 < out["mfu"] < out["mfu_all_tokens"]
         total = out["response_tokens"] + out["prompt_tokens"]
         assert abs(out["mfu_all_tokens"] / out["mfu"] - total / out["response_tokens"]) < 1e-9
-    out = bench.hf_sampler_tps("tiny", sequences=3, prompt_len=5, max_new=7, dtype="bf16")
-    assert out["new_tokens"] == 3 * 7 and out["dtype"] == "torch.bfloat16" and out["tokens_per_s"] > 0
+    for static in (False, True):
+        out = bench.hf_sampler_tps("tiny", sequences=3, prompt_len=5, max_new=7, dtype="bf16", static_cache=static)
+        assert out["new_tokens"] == 3 * 7 and out["dtype"] == "torch.bfloat16" and out["tokens_per_s"] > 0

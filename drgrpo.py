@@ -842,7 +842,7 @@ def collate(samples, pad_id, device, pack=False):
     if not pack:
         return ids.to(device), response_mask.to(device), where, None
     starts, t = [0, *itertools.accumulate(map(len, seqs))], partial(torch.tensor, device=device)
-    inputs = dict(input_ids=t([sum(seqs, [])]), max_length_q=ids.shape[1],
+    inputs = dict(input_ids=t([[tok for q in seqs for tok in q]]), max_length_q=ids.shape[1],
                   position_ids=t([[i for q in seqs for i in range(len(q))]]),  # RoPE's, each from 0
                   cu_seq_lens_q=t(starts, dtype=torch.int32))  # where each sequence starts
     responses = t([a + i for s, a in zip(samples, starts) for i in range(*span(s))])

@@ -864,13 +864,13 @@ def micro_batches(samples, cfg):
     return out
 def packed_attention(module, q, k, v, mask, scaling=None, cu_seq_lens_q=None, **kw):
     """transformers' SDPA, but on CUDA in bf16 a packed row (collate(pack=True)) runs torch's varlen
-    flash kernel: each sequence attends within itself, no pad, no mask (torch >= 2.12: GQA said).
+    flash kernel (torch >= 2.11): each sequence attends within itself, no pad, no mask.
     Elsewhere transformers masks a packed row itself, from its positions: plain SDPA, exact."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     if cu_seq_lens_q is None or not (q.is_cuda and q.dtype == torch.bfloat16):
         return sdpa_attention_forward(module, q, k, v, mask, scaling=scaling, **kw)
     from torch.nn.attention.varlen import varlen_attn
-    q, k, v = (x[0].transpose(0, 1) for x in (q, k, v))  # [1, heads, N, d] -> [N, heads, d]
+    q, k, v = (x[0].transpose(0, 1).contiguous() for x in (q, k, v))  # -> [N, heads, d]
     gqa = {f: True for f in ["enable_gqa"] if f in inspect.signature(varlen_attn).parameters}
     cu, n = cu_seq_lens_q, kw["max_length_q"]
     return varlen_attn(q, k, v, cu, cu, n, n, scale=scaling, window_size=(-1, 0), **gqa)[None], None

@@ -31,19 +31,19 @@ BASE = Config(algo="grpo", adv_norm="batch", loss_agg="seq_mean_token_mean", gro
               weight_decay=0.01, grad_clip=0.5, train_batch_size=12, micro_batch_size=3, epochs_per_rollout=2,
               clip_eps_low=0.1, clip_eps_high=0.28, kl_beta=0.04, steps=5, seed=7, dtype="fp32",
               gradient_checkpointing=False, save_every=2, keep_checkpoints=3, out_dir="runs/trl-test", sampler="vllm",
-              vllm_gpu_memory=0.5)
+              vllm_gpu_memory=0.5, hf_static_cache=True)
 # A second valid value for each field that reaches GRPOConfig
 OTHER = dict(adv_norm="none", loss_agg="token_mean", group_size=2, prompts_per_rollout=12, max_new_tokens=32,
              temperature=0.8, top_p=0.8, lr=1e-4, adam_beta1=0.7, adam_beta2=0.8, weight_decay=0.1, grad_clip=2.0,
              micro_batch_size=6, train_batch_size=24, epochs_per_rollout=3, clip_eps_low=0.15, clip_eps_high=0.3,
              kl_beta=0.1, steps=6, seed=8, gradient_checkpointing=True, save_every=3, keep_checkpoints=1,
-             out_dir="runs/trl-other", sampler="hf", vllm_gpu_memory=0.6, template="r1")
+             out_dir="runs/trl-other", sampler="hf", vllm_gpu_memory=0.6, template="r1", hf_static_cache=False)
 # bf16=True cannot be built on a CPU (transformers refuses it), so dtype's one pair is stated, its value still checked
 STATED_PAIRS = {("dtype", "bf16")}
 DERIVED = {"steps_per_generation"}  # TRL computes it from generation_batch_size and per_device_train_batch_size
 # Config fields that reach the script, the dataset or the reward function, never a GRPOConfig field
 ELSEWHERE = {"algo", "loss_norm_const", "model", "train_data", "template", "r1_strict", "grade_workers",
-             "micro_batch_tokens", "grade_timeout", "resume", "eval_data", "eval_every", "eval_n", "eval_size"}
+             "micro_batch_tokens", "pack", "grade_timeout", "resume", "eval_data", "eval_every", "eval_n", "eval_size"}
 
 
 def updates(c):  # optimizer steps per drgrpo step
@@ -80,6 +80,7 @@ EXPECTED = {  # GRPOConfig field -> its value for a resolved Config c on WORLD G
     "use_vllm": lambda c: c.sampler != "hf",
     "vllm_enable_sleep_mode": lambda c: c.sampler != "hf",  # colocate mode
     "vllm_gpu_memory_utilization": lambda c: c.vllm_gpu_memory,
+    "cache_implementation": lambda c: "static" if c.hf_static_cache else None,
     "generation_kwargs": lambda c: {"stop_token_ids": STOP_IDS, "stop": drgrpo.STOP_STRINGS[c.template] or None,
                                     "include_stop_str_in_output": True} if c.sampler != "hf" else None,
     # drgrpo's fixed choices: constant lr, truncated responses kept (reward 0), no sampler-side IS correction

@@ -32,7 +32,7 @@ ifneq ($(GPU),1)
 endif
 	touch $@
 
-demo: install          ## offline: build + pre-train a tiny model, then Dr. GRPO vs GRPO on CPU (~9 min, 2 cores)
+demo: install          ## offline: build + pre-train a tiny model, then Dr. GRPO vs GRPO on CPU (~10 min, 2 cores)
 	$(BIN)/python data/arith/demo.py $(ARGS)
 
 test: install          ## the unit tests, bias demonstrations and an end-to-end run (CPU, a few minutes)

@@ -161,13 +161,9 @@ def test_pretraining_micro_batches_give_the_full_batch_loss_and_gradient():
     assert grad.abs().max() > 0 and torch.allclose(mb_grad, grad, atol=1e-7, rtol=1e-5)
 
 
-def gqa_qwen(seed=0):
+def gqa_qwen():
     """4 query heads sharing 2 key/value heads, as Qwen2.5's 14/2 or 12/2: packing must keep GQA right."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=1000, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                        pad_token_id=0, bos_token_id=None, eos_token_id=1))
+    return random_qwen(hidden=64, heads=4, kv_heads=2)
 
 
 def test_packed_row_gives_the_unpadded_logprobs_and_entropy():

@@ -16,11 +16,12 @@ from drgrpo import Completion, Config, Sample
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def random_qwen(vocab=1000, hidden=32, layers=2, seed=0):
+def random_qwen(vocab=1000, hidden=32, layers=2, seed=0, heads=2, kv_heads=2):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                                        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                                        num_hidden_layers=layers, num_attention_heads=heads,
+                                        num_key_value_heads=kv_heads,
                                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=None, eos_token_id=1))
 
 

@@ -338,9 +338,11 @@ def hf_sampler_tps(shape, sequences=128, prompt_len=256, max_new=512, dtype="aut
         sync(), times.append(time.perf_counter() - t)
     new = (out.shape[1] - prompt_len) * sequences
     res = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shape": shape,
-           "dtype": str(work_dtype or torch.float32), "static_cache": static_cache, "sequences": sequences, "prompt_len": prompt_len,
+           "dtype": str(work_dtype or torch.float32), "static_cache": static_cache, "sequences": sequences,
+           "prompt_len": prompt_len,
            "new_tokens": new, "seconds": times, "tokens_per_s": new / times[1], "warmup_tokens_per_s": new / times[0]}
-    print(f"HF sampler, {shape} ({res['dtype']}{', static KV cache' if static_cache else ''}) on {res['device']}: {sequences} x {max_new} new tokens after "
+    print(f"HF sampler, {shape} ({res['dtype']}{', static KV cache' if static_cache else ''}) on {res['device']}: "
+          f"{sequences} x {max_new} new tokens after "
           f"{prompt_len}-token prompts: {res['tokens_per_s']:.0f} tokens/s (first call {res['warmup_tokens_per_s']:.0f})")
     return res
 

@@ -48,7 +48,7 @@ def test_chunked_head_gives_the_same_logprobs_entropy_and_gradients():
     ids, tgt, where, _ = drgrpo.collate(rollout(), 0, "cpu")
     weights = torch.randn(tgt.shape)
     results = []
-    for chunk in (10 ** 9, 7):  # one chunk (no checkpointing) vs 7 positions per chunk (checkpointed)
+    for chunk in (10 ** 9, 7):  # one chunk vs 7 positions per chunk (HeadLogProbs' loop, forward and backward)
         chunk_bytes = chunk * 4 * model.config.vocab_size
         model.zero_grad()
         logp, entropy = drgrpo.token_logprobs(model, ids, tgt, where, chunk_bytes=chunk_bytes)

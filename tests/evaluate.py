@@ -1,11 +1,13 @@
 """`make eval`: accuracy of a model on JSONL benchmarks (paper Table 4), with
 drgrpo.py's own sampler and grader, as a table, eval.json, and every response with its grade.
 
-    python tests/evaluate.py --model M --eval_data a.jsonl,b.jsonl [--n K --temperature T] [--out_dir D]
+    python tests/evaluate.py --model M --eval_data a.jsonl,b.jsonl
+        [--n K --temperature T] [--out_dir D]
 
 Greedy by default (the paper); --n K samples K responses per problem and adds unbiased pass@k. Any
 drgrpo.py flag applies (--template, --max_new_tokens, --eval_size, --sampler, ...).
 """
+
 import json
 import math
 import os
@@ -35,7 +37,8 @@ def main(argv):
     drgrpo.check_model(cfg.model)
     device, dtype = drgrpo.pick_device(cfg)
     model, tokenizer = drgrpo.load_model(cfg.model, device)
-    model = drgrpo.working_copy(model, dtype, True)  # bf16 on a GPU, as training samples (the HF sampler)
+    # bf16 on a GPU, as training samples (the HF sampler)
+    model = drgrpo.working_copy(model, dtype, True)
     n, temperature = cfg.eval_n, (cfg.temperature if cfg.eval_n > 1 else 0.0)
     results = drgrpo.evaluate(cfg, model, tokenizer, n=n, temperature=temperature)
     ks = [k for k in (2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
@@ -45,25 +48,62 @@ def main(argv):
         if name == "average":
             continue
         if r["grade_failures"]:
-            print(f"warning: {name}: {r['grade_failures']} responses scored 0: grading took over "
-                  f"--grade_timeout or crashed")
-        table[name].update(n_problems=len(r["rows"]), samples_per_problem=n, **{
-            f"pass@{k}": sum(pass_at_k(n, int(sum(g)), k) for g in r["grades"]) / len(r["rows"])
-            for k in ks})
-        records += [{"benchmark": name, "problem": row["problem"], "golds": row["golds"],
-                     "responses": [{"text": c.text, "grade": x, "tokens": len(c.token_ids),
-                                    "truncated": c.truncated} for c, x in zip(group, grades)]}
-                    for row, group, grades in zip(r["rows"], r["groups"], r["grades"])]
+            print(
+                f"warning: {name}: {r['grade_failures']} responses scored 0: grading took over "
+                f"--grade_timeout or crashed"
+            )
+        table[name].update(
+            n_problems=len(r["rows"]),
+            samples_per_problem=n,
+            **{
+                f"pass@{k}": sum(pass_at_k(n, int(sum(g)), k) for g in r["grades"]) / len(r["rows"])
+                for k in ks
+            },
+        )
+        records += [
+            {
+                "benchmark": name,
+                "problem": row["problem"],
+                "golds": row["golds"],
+                "responses": [
+                    {
+                        "text": c.text,
+                        "grade": x,
+                        "tokens": len(c.token_ids),
+                        "truncated": c.truncated,
+                    }
+                    for c, x in zip(group, grades, strict=True)
+                ],
+            }
+            for row, group, grades in zip(r["rows"], r["groups"], r["grades"], strict=True)
+        ]
     sets = [t for name, t in table.items() if name != "average"]
-    table["average"].update({f"pass@{k}": sum(t[f"pass@{k}"] for t in sets) / len(sets) for k in ks})
+    table["average"].update(
+        {f"pass@{k}": sum(t[f"pass@{k}"] for t in sets) / len(sets) for k in ks}
+    )
     cols = ["accuracy", "len_mean", "truncated_frac"] + [f"pass@{k}" for k in ks]
     print(f"{'benchmark':>16s} | {'n':>5s} | " + " | ".join(f"{c:>14s}" for c in cols))
     for name, r in table.items():
-        print(f"{name:>16s} | {r.get('n_problems', ''):>5} | " + " | ".join(
-            f"{100 * r[c]:13.1f}%" if c != "len_mean" else f"{r[c]:14.1f}" for c in cols if c in r))
+        print(
+            f"{name:>16s} | {r.get('n_problems', ''):>5} | "
+            + " | ".join(
+                f"{100 * r[c]:13.1f}%" if c != "len_mean" else f"{r[c]:14.1f}"
+                for c in cols
+                if c in r
+            )
+        )
     with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
-        json.dump({"model": cfg.model, "template": cfg.template, "max_new_tokens": cfg.max_new_tokens,
-                   "temperature": temperature, "results": table}, f, indent=2)
+        json.dump(
+            {
+                "model": cfg.model,
+                "template": cfg.template,
+                "max_new_tokens": cfg.max_new_tokens,
+                "temperature": temperature,
+                "results": table,
+            },
+            f,
+            indent=2,
+        )
     with open(os.path.join(cfg.out_dir, "eval_responses.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     print(f"wrote {cfg.out_dir}/eval.json and {cfg.out_dir}/eval_responses.jsonl")

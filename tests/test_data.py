@@ -1,4 +1,5 @@
 """Data loading errors, CLI errors, and the demo's generated data."""
+
 import filecmp
 import json
 import os
@@ -6,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import arith
+
 from drgrpo import UserError, load_jsonl
 
 
@@ -17,54 +18,92 @@ def write(tmp_path, text, name="d.jsonl"):
     return str(p)
 
 
-def cli(mode, *args):  # `python drgrpo.py train ...`, or the eval tool, `python tests/evaluate.py ...`
+# `python drgrpo.py train ...`, or the eval tool, `python tests/evaluate.py ...`
+def cli(mode, *args):
     command = ["drgrpo.py", "train"] if mode == "train" else ["tests/evaluate.py"]
-    r = subprocess.run([sys.executable, *command, *args], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, *command, *args], capture_output=True, text=True, timeout=120
+    )
     return r, [line for line in r.stderr.splitlines() if line.startswith("drgrpo: error:")]
 
 
 def test_good_file_blank_answers_skipped_and_extra_golds(tmp_path, capsys):
-    p = write(tmp_path, '{"problem": "a", "answer": "1"}\n\n{"problem": "b", "answer": " "}\n'
-                        '{"problem": "c", "answer": "2", "answers": ["2", "2.0"]}\n')
+    p = write(
+        tmp_path,
+        '{"problem": "a", "answer": "1"}\n\n{"problem": "b", "answer": " "}\n'
+        '{"problem": "c", "answer": "2", "answers": ["2", "2.0"]}\n',
+    )
     rows = load_jsonl(p)
     assert rows == [{"problem": "a", "golds": ["1"]}, {"problem": "c", "golds": ["2", "2.0"]}]
     assert "skipped 1 rows with a blank answer" in capsys.readouterr().out
 
 
 def test_repeated_problems_are_skipped_and_counted(tmp_path, capsys):
-    p = write(tmp_path, '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": "2"}\n'
-                        '{"problem": " a\\n", "answer": "3"}\n{"problem": "a", "answer": "1"}\n'
-                        '{"problem": "A", "answer": 4}\n')
-    assert load_jsonl(p) == [{"problem": "a", "golds": ["1"]}, {"problem": "b", "golds": ["2"]},
-                             {"problem": "A", "golds": ["4"]}]  # the first is kept; text differing in case is new
-    assert "skipped 0 rows with a blank answer and 2 repeats of an earlier problem" in capsys.readouterr().out
+    p = write(
+        tmp_path,
+        '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": "2"}\n'
+        '{"problem": " a\\n", "answer": "3"}\n{"problem": "a", "answer": "1"}\n'
+        '{"problem": "A", "answer": 4}\n',
+    )
+    # the first is kept; text differing in case is new
+    assert load_jsonl(p) == [
+        {"problem": "a", "golds": ["1"]},
+        {"problem": "b", "golds": ["2"]},
+        {"problem": "A", "golds": ["4"]},
+    ]
+    assert (
+        "skipped 0 rows with a blank answer and 2 repeats of an earlier problem"
+        in capsys.readouterr().out
+    )
     load_jsonl(p, quiet=True)
     assert capsys.readouterr().out == ""
 
 
-@pytest.mark.parametrize("text,message", [
-    ('{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n', "d.jsonl:2: invalid JSON"),
-    ('{"problem": "a"}\n', "d.jsonl:1: missing field 'answer'"),
-    ('{"answer": "1"}\n', "d.jsonl:1: missing field 'problem'"),
-    ('{"problem": 3, "answer": "1"}\n', "d.jsonl:1: field 'problem' must be a string"),
-    ('[1, 2]\n', "d.jsonl:1: expected a JSON object"),
-    ('', "no usable rows"),
-    ('{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": {"x": 1}}\n', "d.jsonl:2: an answer must be a"),
-    ('{"problem": "a", "answer": ["1"]}\n', "d.jsonl:1: an answer must be a string or a number"),
-    ('{"problem": "a", "answer": true}\n', "d.jsonl:1: an answer must be a string or a number"),
-    ('{"problem": "a", "answer": "1", "answers": [{"x": 1}]}\n', "d.jsonl:1: an answer must be"),
-    ('{"problem": "a", "answer": "1", "answers": "2"}\n', "d.jsonl:1: field 'answers' must be a list"),
-    ('{"problem": "a", "answer": " "}\n{"problem": "b", "answer": null}\n', "no usable rows"),
-    (b'{"problem": "a", "answer": "1"}\n{"problem": "b\xff", "answer": "1"}\n', "d.jsonl:2: invalid JSON .*utf-8"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n',
+            "d.jsonl:2: invalid JSON",
+        ),
+        ('{"problem": "a"}\n', "d.jsonl:1: missing field 'answer'"),
+        ('{"answer": "1"}\n', "d.jsonl:1: missing field 'problem'"),
+        ('{"problem": 3, "answer": "1"}\n', "d.jsonl:1: field 'problem' must be a string"),
+        ("[1, 2]\n", "d.jsonl:1: expected a JSON object"),
+        ("", "no usable rows"),
+        (
+            '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": {"x": 1}}\n',
+            "d.jsonl:2: an answer must be a",
+        ),
+        (
+            '{"problem": "a", "answer": ["1"]}\n',
+            "d.jsonl:1: an answer must be a string or a number",
+        ),
+        ('{"problem": "a", "answer": true}\n', "d.jsonl:1: an answer must be a string or a number"),
+        (
+            '{"problem": "a", "answer": "1", "answers": [{"x": 1}]}\n',
+            "d.jsonl:1: an answer must be",
+        ),
+        (
+            '{"problem": "a", "answer": "1", "answers": "2"}\n',
+            "d.jsonl:1: field 'answers' must be a list",
+        ),
+        ('{"problem": "a", "answer": " "}\n{"problem": "b", "answer": null}\n', "no usable rows"),
+        (
+            b'{"problem": "a", "answer": "1"}\n{"problem": "b\xff", "answer": "1"}\n',
+            "d.jsonl:2: invalid JSON .*utf-8",
+        ),
+    ],
+)
 def test_bad_files_name_the_line(tmp_path, text, message):
     with pytest.raises(UserError, match=message):
         load_jsonl(write(tmp_path, text))
 
 
 def test_numbers_are_accepted_as_answers(tmp_path):
-    assert load_jsonl(write(tmp_path, '{"problem": "a", "answer": 142, "answers": [142.0]}\n')) == \
-        [{"problem": "a", "golds": ["142", "142.0"]}]
+    assert load_jsonl(write(tmp_path, '{"problem": "a", "answer": 142, "answers": [142.0]}\n')) == [
+        {"problem": "a", "golds": ["142", "142.0"]}
+    ]
 
 
 def test_missing_file():
@@ -72,68 +111,135 @@ def test_missing_file():
         load_jsonl("no/such.jsonl")
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--template", "chatml"], "--template 'chatml'"),
-    (["--group_size", "1"], "--group_size 1"),
-    (["--algo", "ppo"], "--algo 'ppo'"),
-    (["--train_batch_size", "100"], "does not divide a rollout"),
-    (["--micro_batch_size", "3"], "--train_batch_size 128 is not a multiple of --micro_batch_size 3"),
-    (["--grade_timeout", "0"], "--grade_timeout > 0"), (["--grade_workers", "0"], "--grade_workers must be >= 1"),
-    (["--train_data", "missing.jsonl"], "missing.jsonl: no such file"),
-    (["--train_data", "data/arith/train.jsonl", "--out_dir", "README.md/run"], "--out_dir README.md/run: cannot write"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--template", "chatml"], "--template 'chatml'"),
+        (["--group_size", "1"], "--group_size 1"),
+        (["--algo", "ppo"], "--algo 'ppo'"),
+        (["--train_batch_size", "100"], "does not divide a rollout"),
+        (
+            ["--micro_batch_size", "3"],
+            "--train_batch_size 128 is not a multiple of --micro_batch_size 3",
+        ),
+        (["--grade_timeout", "0"], "--grade_timeout > 0"),
+        (["--grade_workers", "0"], "--grade_workers must be >= 1"),
+        (["--train_data", "missing.jsonl"], "missing.jsonl: no such file"),
+        (
+            ["--train_data", "data/arith/train.jsonl", "--out_dir", "README.md/run"],
+            "--out_dir README.md/run: cannot write",
+        ),
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(flags, message):
     r, lines = cli("train", *flags)
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0]
 
 
-@pytest.mark.parametrize("mode,text,message", [
-    ("train", "", "d.jsonl: no usable rows"),
-    ("train", '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n', "d.jsonl:2: invalid JSON"),
-    ("train", '{"answer": "1"}\n', "d.jsonl:1: missing field 'problem'"),
-    ("train", '{"problem": ["a"], "answer": "1"}\n', "d.jsonl:1: field 'problem' must be a string"),
-    ("train", '{"problem": "a", "answer": {"x": 1}}\n', "d.jsonl:1: an answer must be a string or a number"),
-    ("eval", '{"problem": "a"}\n', "d.jsonl:1: missing field 'answer'"),
-    ("eval", b'{"problem": "\xc3", "answer": "1"}\n', "d.jsonl:1: invalid JSON ('utf-8' codec can't decode"),
-])
+@pytest.mark.parametrize(
+    "mode,text,message",
+    [
+        ("train", "", "d.jsonl: no usable rows"),
+        (
+            "train",
+            '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n',
+            "d.jsonl:2: invalid JSON",
+        ),
+        ("train", '{"answer": "1"}\n', "d.jsonl:1: missing field 'problem'"),
+        (
+            "train",
+            '{"problem": ["a"], "answer": "1"}\n',
+            "d.jsonl:1: field 'problem' must be a string",
+        ),
+        (
+            "train",
+            '{"problem": "a", "answer": {"x": 1}}\n',
+            "d.jsonl:1: an answer must be a string or a number",
+        ),
+        ("eval", '{"problem": "a"}\n', "d.jsonl:1: missing field 'answer'"),
+        (
+            "eval",
+            b'{"problem": "\xc3", "answer": "1"}\n',
+            "d.jsonl:1: invalid JSON ('utf-8' codec can't decode",
+        ),
+    ],
+)
 def test_bad_data_through_the_cli_is_one_line_and_exit_2(tmp_path, mode, text, message):
-    r, lines = cli(mode, f"--{mode}_data", write(tmp_path, text), "--out_dir", str(tmp_path / "run"))
+    r, lines = cli(
+        mode, f"--{mode}_data", write(tmp_path, text), "--out_dir", str(tmp_path / "run")
+    )
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
 
 
 def test_cli_says_what_it_skipped_before_anything_slow(tmp_path):
-    p = write(tmp_path, '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": ""}\n'
-                        '{"problem": "a ", "answer": "1"}\n')
-    r, lines = cli("train", "--train_data", p, "--out_dir", "README.md/run")  # stops at the unwritable out_dir
+    p = write(
+        tmp_path,
+        '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": ""}\n'
+        '{"problem": "a ", "answer": "1"}\n',
+    )
+    # stops at the unwritable out_dir
+    r, lines = cli("train", "--train_data", p, "--out_dir", "README.md/run")
     assert r.returncode == 2 and len(lines) == 1 and "--out_dir README.md/run" in lines[0]
-    assert f"{p}: skipped 1 rows with a blank answer and 1 repeats of an earlier problem" in r.stdout
+    assert (
+        f"{p}: skipped 1 rows with a blank answer and 1 repeats of an earlier problem" in r.stdout
+    )
 
 
 def test_demo_data_is_reproducible_and_test_set_is_held_out(tmp_path):
     arith.make_data(root=str(tmp_path))
     paths = {split: f"data/arith/{split}.jsonl" for split in arith.SPLITS}
     for split, path in paths.items():
-        assert filecmp.cmp(path, tmp_path / f"{split}.jsonl", shallow=False), f"{path} differs from make_data()"
+        assert filecmp.cmp(path, tmp_path / f"{split}.jsonl", shallow=False), (
+            f"{path} differs from make_data()"
+        )
         assert sum(1 for _ in open(path)) == arith.SPLITS[split]
-    problems = {split: {json.loads(line)["problem"] for line in open(path)} for split, path in paths.items()}
+    problems = {
+        split: {json.loads(line)["problem"] for line in open(path)} for split, path in paths.items()
+    }
     assert not problems["test"] & (problems["train"] | problems["pretrain"])
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_a_model_that_is_neither_here_nor_on_the_hub_is_one_line_and_exit_2(tmp_path, mode):
-    # HF_HOME in tmp_path: the hub client's cache; afterwards it must hold no model file (nothing downloaded)
+    # HF_HOME in tmp_path: the hub client's cache; afterwards it must hold no
+    # model file (nothing downloaded)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
     command = ["drgrpo.py", "train"] if mode == "train" else ["tests/evaluate.py"]
-    r = subprocess.run([sys.executable, *command, "--model", "nonexist/model", "--train_data",
-                        "data/arith/train.jsonl", "--eval_data", "data/arith/test.jsonl", "--out_dir",
-                        str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            *command,
+            "--model",
+            "nonexist/model",
+            "--train_data",
+            "data/arith/train.jsonl",
+            "--eval_data",
+            "data/arith/test.jsonl",
+            "--out_dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("drgrpo: error: --model nonexist/model: not a local directory") and \
-        "point --model at a local copy" in lines[0]
-    assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")]
+    assert (
+        lines[0].startswith("drgrpo: error: --model nonexist/model: not a local directory")
+        and "point --model at a local copy" in lines[0]
+    )
+    assert not [
+        p
+        for p in (tmp_path / "hf").rglob("*")
+        if p.is_file() and p.suffix in (".json", ".safetensors")
+    ]
 
 
 def test_missing_paper_data_says_make_data_fetches_it(tmp_path):
     r, lines = cli("train", "--train_data", str(tmp_path / "data" / "train_math_lvl3to5.jsonl"))
-    assert r.returncode == 2 and len(lines) == 1 and "no such file (`make data` downloads it)" in lines[0]
+    assert (
+        r.returncode == 2
+        and len(lines) == 1
+        and "no such file (`make data` downloads it)" in lines[0]
+    )

@@ -1,4 +1,6 @@
-"""End to end on a tiny model built here: sampling, two RL steps, checkpoints, micro-batch invariance."""
+"""End to end on a tiny model built here: sampling, two RL steps,
+checkpoints, micro-batch invariance."""
+
 import copy
 import json
 import math
@@ -6,16 +8,28 @@ import random
 
 import pytest
 import torch
+from conftest import load_script
 
 import drgrpo
-from conftest import load_script
 from drgrpo import Completion, Config, Sample, train
 
 
 def tiny_cfg(tiny, **kw):
-    base = dict(model=tiny["model"], train_data=tiny["data"], out_dir=str(tiny["dir"] / "run"), sampler="hf",
-                group_size=4, prompts_per_rollout=4, max_new_tokens=16, lr=1e-2, train_batch_size=8,
-                micro_batch_size=4, steps=2, gradient_checkpointing=False, save_every=0)
+    base = dict(
+        model=tiny["model"],
+        train_data=tiny["data"],
+        out_dir=str(tiny["dir"] / "run"),
+        sampler="hf",
+        group_size=4,
+        prompts_per_rollout=4,
+        max_new_tokens=16,
+        lr=1e-2,
+        train_batch_size=8,
+        micro_batch_size=4,
+        steps=2,
+        gradient_checkpointing=False,
+        save_every=0,
+    )
     return Config(**{**base, **kw})
 
 
@@ -27,21 +41,29 @@ def test_sampler_gives_g_completions_and_flags_truncation(tiny):
     assert [len(g) for g in groups] == [5, 5]
     finished = [c for g in groups for c in g if not c.truncated]
     assert finished and all(c.token_ids[-1] in drgrpo.stop_token_ids(tok) for c in finished)
-    short = sampler.generate(prompts, 3, max_new_tokens=2, seed=1)  # too short to finish: every one is cut
+    # too short to finish: every one is cut
+    short = sampler.generate(prompts, 3, max_new_tokens=2, seed=1)
     assert all(c.truncated and len(c.token_ids) == 2 for g in short for c in g)
     assert drgrpo.grade(short[0][0].text, "1", "qwen_math", short[0][0].truncated) == 0.0
     # greedy is deterministic
-    assert [c.token_ids for c in sampler.generate(prompts, 1, 16, temperature=0)[0]] == \
-           [c.token_ids for c in sampler.generate(prompts, 1, 16, temperature=0)[0]]
+    assert [c.token_ids for c in sampler.generate(prompts, 1, 16, temperature=0)[0]] == [
+        c.token_ids for c in sampler.generate(prompts, 1, 16, temperature=0)[0]
+    ]
 
 
 def test_static_cache_sampler_gives_the_same_greedy_completions(tiny):
-    """--hf_static_cache (issue 14's faster HF sampler on CUDA, where transformers compiles the decoding step): the
-    same tokens as the default dynamic KV cache, with prompts of different lengths padded to a multiple of 64."""
+    """--hf_static_cache (issue 14's faster HF sampler on CUDA, where transformers compiles the
+    decoding step): the same tokens as the default dynamic KV cache, with prompts of different
+    lengths padded to a multiple of 64."""
     model, tok = drgrpo.load_model(tiny["model"], "cpu")
-    prompts = [drgrpo.apply_template("qwen_math", q) for q in ("Pick 1 or 2!", "What is 12 + 30? Think first.")]
-    dynamic, static = (drgrpo.HFSampler(model, tok, "qwen_math", static_cache=s).generate(prompts, 1, 24, 0.0)
-                       for s in (False, True))
+    prompts = [
+        drgrpo.apply_template("qwen_math", q)
+        for q in ("Pick 1 or 2!", "What is 12 + 30? Think first.")
+    ]
+    dynamic, static = (
+        drgrpo.HFSampler(model, tok, "qwen_math", static_cache=s).generate(prompts, 1, 24, 0.0)
+        for s in (False, True)
+    )
     assert [[c.token_ids for c in g] for g in static] == [[c.token_ids for c in g] for g in dynamic]
     assert sum(len(c.token_ids) for g in static for c in g) > 10  # it really generated
 
@@ -49,22 +71,38 @@ def test_static_cache_sampler_gives_the_same_greedy_completions(tiny):
 @pytest.mark.parametrize("algo", ["dr_grpo", "grpo"])
 def test_two_rl_steps_update_log_and_save(tiny, algo):
     cfg = tiny_cfg(tiny, algo=algo, out_dir=str(tiny["dir"] / algo))
-    start = {k: v.clone() for k, v in drgrpo.load_model(tiny["model"], "cpu")[0].state_dict().items()}
+    start = {
+        k: v.clone() for k, v in drgrpo.load_model(tiny["model"], "cpu")[0].state_dict().items()
+    }
     ckpt = train(cfg)
     lines = [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]
     assert [m["step"] for m in lines] == [1, 2]
     for m in lines:
         assert math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
-        for key in ("reward", "accuracy", "len_correct", "len_incorrect", "truncated_frac", "zero_std_group_frac",
-                    "clip_frac", "entropy", "kl", "step_s", "tokens_per_s", "grade_failures"):
+        for key in (
+            "reward",
+            "accuracy",
+            "len_correct",
+            "len_incorrect",
+            "truncated_frac",
+            "zero_std_group_frac",
+            "clip_frac",
+            "entropy",
+            "kl",
+            "step_s",
+            "tokens_per_s",
+            "grade_failures",
+        ):
             assert key in m
     assert any(0 < m["reward"] < 1 for m in lines), "rewards should be mixed for this model"
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model = AutoModelForCausalLM.from_pretrained(ckpt)  # a plain transformers checkpoint
     AutoTokenizer.from_pretrained(ckpt)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
     assert changed, "RL steps did not change any weight"
-    # 8 responses per optimizer step out of 16 per rollout: 2 updates, so pi_old log-probs were needed and used
+    # 8 responses per optimizer step out of 16 per rollout: 2 updates, so pi_old
+    # log-probs were needed and used
     assert lines[0]["clip_frac"] >= 0
 
 
@@ -80,13 +118,28 @@ def test_kl_and_several_epochs_run(tiny):
 def test_loss_and_update_identical_across_micro_batch_sizes(tiny, loss_agg):
     model, tok = drgrpo.load_model(tiny["model"], "cpu")
     rng = random.Random(0)
-    batch = [Sample([5, 6, 7][:rng.randint(1, 3)], Completion([rng.randint(3, 30) for _ in range(n)], "", False),
-                    0.0, rng.uniform(-1, 1)) for n in (1, 3, 4, 7, 2, 9, 5, 8)]
+    batch = [
+        Sample(
+            [5, 6, 7][: rng.randint(1, 3)],
+            Completion([rng.randint(3, 30) for _ in range(n)], "", False),
+            0.0,
+            rng.uniform(-1, 1),
+        )
+        for n in (1, 3, 4, 7, 2, 9, 5, 8)
+    ]
     results = []
     for mbs in (1, 2, 4, 8):
         m = copy.deepcopy(model)
-        cfg = drgrpo.resolve(Config(loss_agg=loss_agg, micro_batch_size=mbs, train_batch_size=8,
-                                    prompts_per_rollout=1, max_new_tokens=16, grad_clip=1e9))
+        cfg = drgrpo.resolve(
+            Config(
+                loss_agg=loss_agg,
+                micro_batch_size=mbs,
+                train_batch_size=8,
+                prompts_per_rollout=1,
+                max_new_tokens=16,
+                grad_clip=1e9,
+            )
+        )
         opt = torch.optim.SGD(m.parameters(), lr=1.0)
         stats = drgrpo.optimizer_step(m, opt, batch, cfg, tok.pad_token_id, None)
         results.append((stats["loss"], torch.cat([p.detach().flatten() for p in m.parameters()])))
@@ -98,16 +151,22 @@ def test_loss_and_update_identical_across_micro_batch_sizes(tiny, loss_agg):
 
 def test_loss_push_shows_the_length_weighting(tiny):
     # two wrong responses (advantage -1) of 4 and 12 tokens, one right (advantage +2) of 4 tokens
-    samples = [Sample([1], Completion([5] * n, "", False), r, a) for n, r, a in ((4, 0.0, -1.0), (12, 0.0, -1.0),
-                                                                                 (4, 1.0, 2.0))]
+    samples = [
+        Sample([1], Completion([5] * n, "", False), r, a)
+        for n, r, a in ((4, 0.0, -1.0), (12, 0.0, -1.0), (4, 1.0, 2.0))
+    ]
     grpo = drgrpo.resolve(Config(algo="grpo", max_new_tokens=20))
     dr = drgrpo.resolve(Config(algo="dr_grpo", max_new_tokens=20))
-    assert drgrpo.loss_push(samples, grpo) == pytest.approx((2 / 3, 2 / 3))  # each response 1/B, whatever its length
-    assert drgrpo.loss_push(samples, dr) == pytest.approx((2 * 4 / 60, (4 + 12) / 60))  # |A| x |o_i| / (B C)
+    # each response 1/B, whatever its length
+    assert drgrpo.loss_push(samples, grpo) == pytest.approx((2 / 3, 2 / 3))
+    # |A| x |o_i| / (B C)
+    assert drgrpo.loss_push(samples, dr) == pytest.approx((2 * 4 / 60, (4 + 12) / 60))
 
 
 def test_plot_draws_runs(tiny, tmp_path):
-    pytest.importorskip("matplotlib", reason="matplotlib is an optional extra (make install brings it)")
+    pytest.importorskip(
+        "matplotlib", reason="matplotlib is an optional extra (make install brings it)"
+    )
     runs = []
     for name in ("dr_grpo", "grpo"):  # two short runs to draw
         cfg = tiny_cfg(tiny, algo=name, out_dir=str(tmp_path / name))
@@ -120,7 +179,8 @@ def test_plot_draws_runs(tiny, tmp_path):
 
 def test_nan_gradients_skip_updates_then_stop_with_a_checkpoint(tiny, monkeypatch, capsys):
     real = drgrpo.aggregate_loss
-    monkeypatch.setattr(drgrpo, "aggregate_loss", lambda *a: real(*a) * float("nan"))  # a loss gone bad
+    # a loss gone bad
+    monkeypatch.setattr(drgrpo, "aggregate_loss", lambda *a: real(*a) * float("nan"))
     cfg = tiny_cfg(tiny, steps=6, out_dir=str(tiny["dir"] / "nan"))
     with pytest.raises(drgrpo.TrainingStopped, match="last 3 steps had a non-finite gradient"):
         train(cfg)
@@ -128,8 +188,17 @@ def test_nan_gradients_skip_updates_then_stop_with_a_checkpoint(tiny, monkeypatc
     assert [m["skipped_updates"] for m in lines] == [1.0, 1.0, 1.0]
     start = drgrpo.load_model(tiny["model"], "cpu")[0].state_dict()
     saved = drgrpo.load_model(f"{cfg.out_dir}/checkpoint-3", "cpu")[0].state_dict()
-    assert all(torch.equal(v, start[k]) for k, v in saved.items())  # no NaN ever reached the weights
-    monkeypatch.undo()  # the cause is fixed: the stop's checkpoint is a full one, and the run goes on from it
+    # no NaN ever reached the weights
+    assert all(torch.equal(v, start[k]) for k, v in saved.items())
+    # the cause is fixed: the stop's checkpoint is a full one, and the run goes on from it
+    monkeypatch.undo()
     train(cfg)
     assert f"resuming from {cfg.out_dir}/checkpoint-3 (step 3)" in capsys.readouterr().out
-    assert [json.loads(line)["step"] for line in open(f"{cfg.out_dir}/metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(line)["step"] for line in open(f"{cfg.out_dir}/metrics.jsonl")] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]

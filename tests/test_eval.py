@@ -1,12 +1,14 @@
-"""Evaluation: the pass@k estimator, and `eval` end to end on the tiny model with its files checked."""
+"""Evaluation: the pass@k estimator, and `eval` end to end on the tiny
+model with its files checked."""
+
 import itertools
 import json
 import math
 
 import pytest
+from conftest import load_script
 
 import drgrpo
-from conftest import load_script
 
 pass_at_k = load_script("tests/evaluate.py").pass_at_k  # `eval`, a tool beside the tests
 
@@ -27,7 +29,8 @@ def test_pass_at_k_equals_the_average_over_all_k_subsets(n, c, k):
 
 @pytest.mark.parametrize("n", [1, 4])
 def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
-    # 24 distinct questions (a repeated one would be skipped): the tiny model's 8, and 16 more in the same style
+    # 24 distinct questions (a repeated one would be skipped): the tiny model's
+    # 8, and 16 more in the same style
     rows = [{"problem": f"Pick 1 or 2{'!' * k}", "answer": str(1 + k % 2)} for k in range(1, 25)]
     files = []
     for name in ("set_a", "set_b"):
@@ -35,15 +38,35 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
         p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files.append(str(p))
     out = tmp_path / f"out{n}"
-    load_script("tests/evaluate.py").main(["--model", tiny["model"], "--eval_data", ",".join(files), "--eval_size", "20", "--n", str(n),
-                 "--sampler", "hf", "--max_new_tokens", "16", "--out_dir", str(out)])
+    load_script("tests/evaluate.py").main(
+        [
+            "--model",
+            tiny["model"],
+            "--eval_data",
+            ",".join(files),
+            "--eval_size",
+            "20",
+            "--n",
+            str(n),
+            "--sampler",
+            "hf",
+            "--max_new_tokens",
+            "16",
+            "--out_dir",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "set_a" in printed and "set_b" in printed and "average" in printed
     results = json.load(open(out / "eval.json"))["results"]
     records = [json.loads(line) for line in open(out / "eval_responses.jsonl")]
     for name in ("set_a", "set_b"):
         mine = [r for r in records if r["benchmark"] == name]
-        assert len(mine) == 20 and all(len(r["responses"]) == n for r in mine) and results[name]["grade_failures"] == 0
+        assert (
+            len(mine) == 20
+            and all(len(r["responses"]) == n for r in mine)
+            and results[name]["grade_failures"] == 0
+        )
         grades = [[x["grade"] for x in r["responses"]] for r in mine]
         assert results[name]["accuracy"] == pytest.approx(sum(map(sum, grades)) / (20 * n))
         tokens = [x["tokens"] for r in mine for x in r["responses"]]
@@ -51,22 +74,40 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
         for k in (2, 4):
             if k <= n:
                 assert results[name][f"pass@{k}"] == pytest.approx(
-                    sum(pass_at_k(n, int(sum(g)), k) for g in grades) / 20)
+                    sum(pass_at_k(n, int(sum(g)), k) for g in grades) / 20
+                )
         for r in mine:  # each stored grade is what the grader says of the stored text
             for x in r["responses"]:
-                assert x["grade"] == drgrpo.grade(x["text"], r["golds"], "qwen_math", x["truncated"])
+                assert x["grade"] == drgrpo.grade(
+                    x["text"], r["golds"], "qwen_math", x["truncated"]
+                )
     avg = results["average"]["accuracy"]
     assert avg == pytest.approx((results["set_a"]["accuracy"] + results["set_b"]["accuracy"]) / 2)
     assert not math.isnan(avg)
 
 
 def test_eval_every_logs_held_out_numbers_during_training(tiny):
-    cfg = drgrpo.Config(model=tiny["model"], train_data=tiny["data"], eval_data=tiny["data"], eval_every=1,
-                        out_dir=str(tiny["dir"] / "eval_every"), sampler="hf", group_size=4, prompts_per_rollout=4,
-                        max_new_tokens=16, train_batch_size=16, micro_batch_size=8, steps=2,
-                        gradient_checkpointing=False, save_every=0)
+    cfg = drgrpo.Config(
+        model=tiny["model"],
+        train_data=tiny["data"],
+        eval_data=tiny["data"],
+        eval_every=1,
+        out_dir=str(tiny["dir"] / "eval_every"),
+        sampler="hf",
+        group_size=4,
+        prompts_per_rollout=4,
+        max_new_tokens=16,
+        train_batch_size=16,
+        micro_batch_size=8,
+        steps=2,
+        gradient_checkpointing=False,
+        save_every=0,
+    )
     drgrpo.train(cfg)
     lines = [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]
     for m in lines:
-        assert 0 <= m["eval/train/accuracy"] <= 1 and m["eval/average/accuracy"] == m["eval/train/accuracy"]
+        assert (
+            0 <= m["eval/train/accuracy"] <= 1
+            and m["eval/average/accuracy"] == m["eval/train/accuracy"]
+        )
         assert m["eval/train/len_mean"] > 0 and "eval/train/truncated_frac" in m

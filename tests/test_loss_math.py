@@ -1,4 +1,6 @@
-"""The two biases of GRPO (paper Sec. 3), shown on toy batches with autograd and hand-computed numbers."""
+"""The two biases of GRPO (paper Sec. 3), shown on toy batches with
+autograd and hand-computed numbers."""
+
 import math
 
 import pytest
@@ -10,7 +12,8 @@ GRPO, DAPO, DR = "seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"
 
 
 def per_token_grad(lengths, advantages, loss_agg, norm_const=10):
-    """d loss / d log pi(token) for a batch of responses at ratio 1 (fresh samples): the per-token update weight."""
+    """d loss / d log pi(token) for a batch of responses at ratio 1 (fresh samples):
+    the per-token update weight."""
     T = max(lengths)
     mask = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in lengths])
     logp = torch.zeros(len(lengths), T, requires_grad=True)
@@ -21,17 +24,19 @@ def per_token_grad(lengths, advantages, loss_agg, norm_const=10):
 
 
 def test_length_bias_4_vs_7_tokens():
-    # Two correct responses (advantage +1) of 4 and 7 tokens. Gradient descent moves log pi by -grad.
+    # Two correct responses (advantage +1) of 4 and 7 tokens; gradient descent moves log pi by -grad
     g = per_token_grad([4, 7], [1.0, 1.0], GRPO)
     assert g[0, :4].tolist() == pytest.approx([-1 / 8] * 4)  # 1/B * 1/|o_i| = 1/2 * 1/4
     assert g[1, :7].tolist() == pytest.approx([-1 / 14] * 7)  # 1/2 * 1/7
     assert g[0, 0] / g[1, 0] == pytest.approx(7 / 4)  # ratio 1/4 : 1/7
     assert g[0, 4:].abs().sum() == 0  # padding gets nothing
     d = per_token_grad([4, 7], [1.0, 1.0], DR, norm_const=10)
-    assert d[0, :4].tolist() == pytest.approx([-1 / 20] * 4)  # 1/B * 1/C = 1/2 * 1/10, whatever the length
+    # 1/B * 1/C = 1/2 * 1/10, whatever the length
+    assert d[0, :4].tolist() == pytest.approx([-1 / 20] * 4)
     assert d[1, :7].tolist() == pytest.approx([-1 / 20] * 7)
     t = per_token_grad([4, 7], [1.0, 1.0], DAPO)
-    assert t[0, :4].tolist() == pytest.approx([-1 / 11] * 4)  # 1 / (4 + 7) for every token in the batch
+    # 1 / (4 + 7) for every token in the batch
+    assert t[0, :4].tolist() == pytest.approx([-1 / 11] * 4)
     assert t[1, :7].tolist() == pytest.approx([-1 / 11] * 7)
 
 
@@ -41,12 +46,15 @@ def test_grpo_prefers_short_correct_and_long_wrong_dr_grpo_does_not():
     g = per_token_grad(lengths, adv, GRPO)
     push_up_short, push_up_long = -g[0, 0].item(), -g[1, 0].item()
     push_down_short, push_down_long = g[2, 0].item(), g[3, 0].item()
-    assert push_up_short == pytest.approx(4 * push_up_long)  # short correct responses are reinforced 4x harder
-    assert push_down_long == pytest.approx(push_down_short / 4)  # long wrong responses are penalised 4x less
+    # short correct responses are reinforced 4x harder
+    assert push_up_short == pytest.approx(4 * push_up_long)
+    # long wrong responses are penalised 4x less
+    assert push_down_long == pytest.approx(push_down_short / 4)
     d = per_token_grad(lengths, adv, DR)
-    assert torch.allclose(d[0, :3].abs(), torch.full((3,), 1 / 40))  # 1/B * 1/C = 1/4 * 1/10 for every token
+    # 1/B * 1/C = 1/4 * 1/10 for every token
+    assert torch.allclose(d[0, :3].abs(), torch.full((3,), 1 / 40))
     assert torch.allclose(d[3, :12].abs(), torch.full((12,), 1 / 40))
-    # the penalty of a whole wrong response grows with its length under Dr. GRPO, stays flat under GRPO
+    # the penalty of a whole wrong response grows with its length under Dr. GRPO, flat under GRPO
     assert g[3].sum() == pytest.approx(g[2].sum())
     assert d[3].sum() == pytest.approx(4 * d[2].sum())
 
@@ -58,9 +66,12 @@ def test_std_normalisation_upweights_easy_and_hard_questions():
     scale = (grpo / dr)[:, 0]  # GRPO = Dr. GRPO x 1/std: the effective per-question weight
     std_1_of_8 = math.sqrt(1 / 8 * 7 / 8 * 8 / 7)  # unbiased std of seven 0s and one 1 = sqrt(1/8)
     std_4_of_8 = math.sqrt(1 / 4 * 8 / 7)
-    assert scale.tolist() == pytest.approx([1 / std_1_of_8, 1 / std_4_of_8, 1 / std_1_of_8], rel=1e-6)
-    assert scale[0] / scale[1] == pytest.approx(math.sqrt(16 / 7), rel=1e-6)  # ~1.51x more weight, hard and easy
-    # Dr. GRPO: the total |advantage| of a group is proportional to its reward variance, nothing is reweighted
+    assert scale.tolist() == pytest.approx(
+        [1 / std_1_of_8, 1 / std_4_of_8, 1 / std_1_of_8], rel=1e-6
+    )
+    # ~1.51x more weight, hard and easy
+    assert scale[0] / scale[1] == pytest.approx(math.sqrt(16 / 7), rel=1e-6)
+    # Dr. GRPO: a group's total |advantage| is proportional to its reward variance; no reweighting
     assert dr.abs().sum(1).tolist() == pytest.approx([1.75, 4.0, 1.75])
 
 
@@ -82,7 +93,8 @@ def test_dr_grpo_advantage_is_rloo_times_g_minus_1_over_g():
     torch.manual_seed(0)
     for G in (2, 4, 8, 16):
         rewards = torch.randint(0, 2, (64, G)).float()
-        rloo = rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)  # leave-one-out baseline
+        # leave-one-out baseline
+        rloo = rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)
         assert torch.allclose(group_advantages(rewards, "none"), rloo * (G - 1) / G, atol=1e-6)
 
 
@@ -93,12 +105,14 @@ def test_group_advantage_hand_computed():
 
 
 def test_ppo_clip_stops_gradient_outside_the_trust_region():
-    logp = torch.tensor([0.5, -0.5, 0.1], requires_grad=True)  # ratios e^0.5=1.65, e^-0.5=0.61, e^0.1=1.1
+    # ratios e^0.5=1.65, e^-0.5=0.61, e^0.1=1.1
+    logp = torch.tensor([0.5, -0.5, 0.1], requires_grad=True)
     adv = torch.tensor([1.0, -1.0, 1.0])
     loss, clipped = ppo_token_loss(logp, torch.zeros(3), adv, 0.2, 0.2)
     loss.sum().backward()
     assert clipped.tolist() == [1.0, 1.0, 0.0]
-    assert logp.grad[:2].tolist() == [0.0, 0.0]  # already moved past 1 +/- eps in the advantage's direction
+    # already moved past 1 +/- eps in the advantage's direction
+    assert logp.grad[:2].tolist() == [0.0, 0.0]
     assert logp.grad[2].item() == pytest.approx(-math.exp(0.1))
     # clip-higher (DAPO): a larger ceiling lets the first token keep learning
     logp.grad = None

@@ -1,24 +1,29 @@
-"""The GPU levers of the update (issue 14) change no number, checked on the CPU against the plain path:
+"""The GPU levers of the update (issue 14) change no number, checked on
+the CPU against the plain path:
 
-- no attention mask (right padding, causal attention): log-probs, entropy, loss and gradients equal to an
-  unpadded forward of each response alone, for the three aggregations;
-- micro-batches by a token budget (--micro_batch_tokens): the same loss and gradients as micro-batches by count;
-- the bf16 working copy over fp32 master weights: gradients in fp32, equal to the fp32 path to bf16's precision,
-  and the copy refreshed from the master after the step;
-- no host sync inside the micro-batch loop: one `.item()` per optimizer step, however many micro-batches;
-- padding-free packing (--pack): a micro-batch as one row without pads gives the unpadded log-probs, entropy, loss
-  and gradients, with grouped-query attention and gradient checkpointing too (on CUDA, torch's varlen kernel: the
-  test of it runs where there is a GPU);
-- the fused LM head (HeadLogProbs): log-probs, entropy and gradients equal to autograd through a full log-softmax.
+- no attention mask (right padding, causal attention): log-probs, entropy, loss and gradients equal
+  to an unpadded forward of each response alone, for the three aggregations;
+- micro-batches by a token budget (--micro_batch_tokens): the same loss and
+  gradients as micro-batches by count;
+- the bf16 working copy over fp32 master weights: gradients in fp32, equal to the fp32 path to
+  bf16's precision, and the copy refreshed from the master after the step;
+- no host sync inside the micro-batch loop: one `.item()` per optimizer
+  step, however many micro-batches;
+- padding-free packing (--pack): a micro-batch as one row without pads gives the unpadded log-probs,
+  entropy, loss and gradients, with grouped-query attention and gradient checkpointing too (on CUDA,
+  torch's varlen kernel: the test of it runs where there is a GPU);
+- the fused LM head (HeadLogProbs): log-probs, entropy and gradients equal to
+  autograd through a full log-softmax.
 """
+
 import copy
 
 import pytest
 import torch
+from test_update_speed import flat_grads, random_qwen, rollout
 
 import drgrpo
 from drgrpo import Config
-from test_update_speed import flat_grads, random_qwen, rollout
 
 
 def plain_logprobs(model, batch):
@@ -29,20 +34,31 @@ def plain_logprobs(model, batch):
         logits = model(input_ids=ids).logits[0, :-1].float()
         lp = torch.log_softmax(logits, -1)
         a, b = drgrpo.span(s)
-        logp.append(lp[a:b].gather(1, ids[0, a + 1:b + 1, None]).squeeze(1))
+        logp.append(lp[a:b].gather(1, ids[0, a + 1 : b + 1, None]).squeeze(1))
         entropy.append(-(lp[a:b].exp() * lp[a:b]).sum(-1))
     return logp, entropy
 
 
 def cfg_for(loss_agg, **kw):
-    return drgrpo.resolve(Config(loss_agg=loss_agg, train_batch_size=12, prompts_per_rollout=3, group_size=4,
-                                 max_new_tokens=16, grad_clip=1e9, **{"micro_batch_size": 12, **kw}))
+    return drgrpo.resolve(
+        Config(
+            loss_agg=loss_agg,
+            train_batch_size=12,
+            prompts_per_rollout=3,
+            group_size=4,
+            max_new_tokens=16,
+            grad_clip=1e9,
+            **{"micro_batch_size": 12, **kw},
+        )
+    )
 
 
 def sgd_step(model, batch, cfg, work=None):
     """optimizer_step with SGD(lr=1): -> (stats, the gradient it applied)."""
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
-    stats = drgrpo.optimizer_step(model, torch.optim.SGD(model.parameters(), lr=1.0), batch, cfg, 0, work)
+    stats = drgrpo.optimizer_step(
+        model, torch.optim.SGD(model.parameters(), lr=1.0), batch, cfg, 0, work
+    )
     return stats, before - torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -67,11 +83,16 @@ def test_update_equals_the_plain_unpadded_loss_and_gradient(loss_agg):
     ref = copy.deepcopy(model)
     logp, _ = plain_logprobs(ref, batch)
     T = max(len(lp) for lp in logp)
-    pad = lambda xs: torch.stack([torch.cat([x, x.new_zeros(T - len(x))]) for x in xs])  # noqa: E731
+
+    def pad(xs):
+        return torch.stack([torch.cat([x, x.new_zeros(T - len(x))]) for x in xs])
+
     lp, mask = pad(logp), pad([torch.ones(len(x)) for x in logp])
     adv = torch.tensor([s.advantage for s in batch]).unsqueeze(1)
     tok_loss, _ = drgrpo.ppo_token_loss(lp, lp.detach(), adv, 0.2, 0.2)
-    ref_loss = drgrpo.aggregate_loss(tok_loss, mask, loss_agg, len(batch), int(mask.sum()), cfg.loss_norm_const)
+    ref_loss = drgrpo.aggregate_loss(
+        tok_loss, mask, loss_agg, len(batch), int(mask.sum()), cfg.loss_norm_const
+    )
     ref_loss.backward()
     stats, grad = sgd_step(model, batch, cfg)
     assert stats["loss"] == pytest.approx(ref_loss.item(), rel=1e-5, abs=1e-8)
@@ -84,19 +105,23 @@ def test_token_budget_micro_batches_fit_the_budget_and_keep_every_sample():
     cfg = cfg_for("seq_mean_token_mean", micro_batch_tokens=40)
     mbs = drgrpo.micro_batches(batch, cfg)
     assert [s for mb in mbs for s in mb] == batch  # all of them, in order
-    assert len(mbs) > 1 and max(map(len, mbs)) > 1  # the budget splits, and packs several where they fit
+    # the budget splits, and packs several where they fit
+    assert len(mbs) > 1 and max(map(len, mbs)) > 1
     for mb in mbs:
         padded = len(mb) * max(drgrpo.span(s)[1] + 1 for s in mb)  # collate's [b, T]
         assert padded <= 40 or len(mb) == 1
-    assert drgrpo.micro_batches(batch, cfg_for("seq_mean_token_mean", micro_batch_size=4)) == \
-        [batch[i:i + 4] for i in range(0, 12, 4)]
+    assert drgrpo.micro_batches(batch, cfg_for("seq_mean_token_mean", micro_batch_size=4)) == [
+        batch[i : i + 4] for i in range(0, 12, 4)
+    ]
 
 
 @pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
 def test_token_budget_micro_batches_give_the_same_loss_and_gradient(loss_agg):
     model, batch = random_qwen(), rollout()
-    results = [sgd_step(copy.deepcopy(model), batch, cfg_for(loss_agg, **kw))
-               for kw in ({"micro_batch_size": 12}, {"micro_batch_size": 1}, {"micro_batch_tokens": 40})]
+    results = [
+        sgd_step(copy.deepcopy(model), batch, cfg_for(loss_agg, **kw))
+        for kw in ({"micro_batch_size": 12}, {"micro_batch_size": 1}, {"micro_batch_tokens": 40})
+    ]
     for stats, grad in results[1:]:
         assert stats["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5, abs=1e-8)
         assert torch.allclose(grad, results[0][1], atol=1e-7, rtol=1e-4)
@@ -105,7 +130,8 @@ def test_token_budget_micro_batches_give_the_same_loss_and_gradient(loss_agg):
 @pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
 def test_bf16_working_copy_matches_fp32_to_bf16_precision(loss_agg):
     model, batch = random_qwen(), rollout()
-    cfg = cfg_for(loss_agg, micro_batch_size=4)  # 3 micro-batches: gradients summed in the fp32 master
+    # 3 micro-batches: gradients summed in the fp32 master
+    cfg = cfg_for(loss_agg, micro_batch_size=4)
     fp32_stats, fp32_grad = sgd_step(copy.deepcopy(model), batch, cfg)
     master = copy.deepcopy(model)
     work = drgrpo.working_copy(master, torch.bfloat16)
@@ -117,7 +143,8 @@ def test_bf16_working_copy_matches_fp32_to_bf16_precision(loss_agg):
     cos = torch.nn.functional.cosine_similarity(grad, fp32_grad, dim=0)
     assert cos > 0.999 and (grad.norm() / fp32_grad.norm() - 1).abs() < 0.02
     assert stats["loss"] == pytest.approx(fp32_stats["loss"], rel=0.02, abs=1e-4)
-    for p, w in zip(master.parameters(), work.parameters()):  # refreshed after the step
+    # refreshed after the step
+    for p, w in zip(master.parameters(), work.parameters(), strict=True):
         assert torch.equal(w, p.to(torch.bfloat16))
     assert all(w.grad is None for w in work.parameters())
 
@@ -135,25 +162,33 @@ def test_one_host_sync_per_optimizer_step_however_many_micro_batches(monkeypatch
     counts = []
     for micro in (12, 1):
         calls.clear()
-        drgrpo.optimizer_step(model, torch.optim.SGD(model.parameters(), lr=0.0), batch,
-                              cfg_for("seq_mean_token_sum_norm", micro_batch_size=micro, kl_beta=0.0), 0)
+        drgrpo.optimizer_step(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.0),
+            batch,
+            cfg_for("seq_mean_token_sum_norm", micro_batch_size=micro, kl_beta=0.0),
+            0,
+        )
         counts.append(len(calls))
     assert counts == [1, 1]  # the gradient norm, after the loop
 
 
 def test_pretraining_micro_batches_give_the_full_batch_loss_and_gradient():
-    """data/arith/prepare.py pre-trains the demo's model in length-sorted micro-batches of a token budget: the loss
-    and gradient must be those of the whole batch in one forward (only the summation order differs)."""
+    """data/arith/prepare.py pre-trains the demo's model in length-sorted micro-batches of a
+    token budget: the loss and gradient must be those of the whole batch in one forward (only
+    the summation order differs)."""
     from conftest import arith
+
     model, batch = random_qwen(), rollout()
     by_length = sorted(batch, key=lambda s: drgrpo.span(s)[1])
     assert len(drgrpo.micro_batches(by_length, Config(micro_batch_tokens=40))) >= 4  # really split
     results = []
-    for budget in (10 ** 9, 40):
+    for budget in (10**9, 40):
         model.zero_grad(set_to_none=True)
         results.append((arith.pretrain_backward(model, batch, 0, budget), flat_grads(model)))
     (loss, grad), (mb_loss, mb_grad) = results
-    ids, mask, _, _ = drgrpo.collate(batch, 0, "cpu")  # the plain next-token loss, by hand, for the value
+    # the plain next-token loss, by hand, for the value
+    ids, mask, _, _ = drgrpo.collate(batch, 0, "cpu")
     logits = model(input_ids=ids).logits[:, :-1]
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     assert torch.allclose(loss, (nll * mask).sum() / mask.sum(), atol=1e-6)
@@ -162,7 +197,8 @@ def test_pretraining_micro_batches_give_the_full_batch_loss_and_gradient():
 
 
 def gqa_qwen():
-    """4 query heads sharing 2 key/value heads, as Qwen2.5's 14/2 or 12/2: packing must keep GQA right."""
+    """4 query heads sharing 2 key/value heads, as Qwen2.5's 14/2 or 12/2:
+    packing must keep GQA right."""
     return random_qwen(hidden=64, heads=4, kv_heads=2)
 
 
@@ -171,13 +207,15 @@ def test_packed_row_gives_the_unpadded_logprobs_and_entropy():
     ids, mask, where, packed = drgrpo.collate(batch, 0, "cpu", pack=True)
     inputs, responses = packed
     lengths = [len(s.prompt_ids) + len(s.completion.token_ids) for s in batch]
-    assert inputs["input_ids"].shape == (1, sum(lengths)) and sum(lengths) < ids.numel()  # no pad, and it had some
+    # no pad, and it had some
+    assert inputs["input_ids"].shape == (1, sum(lengths)) and sum(lengths) < ids.numel()
     assert inputs["position_ids"][0, lengths[0]] == 0  # positions restart with each sequence
     assert len(responses) == int(mask.sum())
     with torch.no_grad():
         logp, entropy = drgrpo.token_logprobs(model, ids, mask, where, packed)
         ref_logp, ref_entropy = plain_logprobs(model, batch)
-        padded, _ = drgrpo.token_logprobs(model, ids, mask, where)  # unpacked calls: plain SDPA as before
+        # unpacked calls: plain SDPA as before
+        padded, _ = drgrpo.token_logprobs(model, ids, mask, where)
     for i, s in enumerate(batch):
         a, b = drgrpo.span(s)
         assert torch.allclose(logp[i, a:b], ref_logp[i], atol=1e-5)
@@ -189,15 +227,22 @@ def test_packed_row_gives_the_unpadded_logprobs_and_entropy():
 @pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
 def test_packed_update_gives_the_padded_loss_and_gradient(loss_agg):
     model, batch = gqa_qwen(), rollout()
-    results = [sgd_step(copy.deepcopy(model), batch, cfg_for(loss_agg, **kw))
-               for kw in ({"micro_batch_size": 4}, {"micro_batch_size": 4, "pack": True},
-                          {"micro_batch_tokens": 40, "pack": True})]
-    checkpointed = copy.deepcopy(model)  # recomputation in backward sees the packed row's arguments again
+    results = [
+        sgd_step(copy.deepcopy(model), batch, cfg_for(loss_agg, **kw))
+        for kw in (
+            {"micro_batch_size": 4},
+            {"micro_batch_size": 4, "pack": True},
+            {"micro_batch_tokens": 40, "pack": True},
+        )
+    ]
+    # recomputation in backward sees the packed row's arguments again
+    checkpointed = copy.deepcopy(model)
     checkpointed.gradient_checkpointing_enable()
     checkpointed.train()
     results.append(sgd_step(checkpointed, batch, cfg_for(loss_agg, micro_batch_size=4, pack=True)))
     for stats, grad in results[1:]:
-        assert stats["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5, abs=1e-6)  # (it sums to ~0)
+        # (it sums to ~0)
+        assert stats["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5, abs=1e-6)
         assert torch.allclose(grad, results[0][1], atol=1e-6, rtol=1e-4)
     assert results[0][1].abs().sum() > 0
 
@@ -209,7 +254,8 @@ def test_packed_token_budget_counts_real_tokens_not_padding():
     assert [s for mb in packed for s in mb] == batch
     for mb in packed:
         assert sum(drgrpo.span(s)[1] + 1 for s in mb) <= 40 or len(mb) == 1
-    assert len(packed) < len(padded)  # the same budget holds more sequences once pads are not counted
+    # the same budget holds more sequences once pads are not counted
+    assert len(packed) < len(padded)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -220,18 +266,24 @@ def test_fused_head_equals_autograd_through_the_full_log_softmax(dtype):
     targets, g = torch.randint(50, (10,), generator=gen), torch.randn(10, generator=gen)
     logp, entropy = drgrpo.HeadLogProbs.apply(hidden, weight, targets, 3)  # 4 chunks of <= 3 rows
     grads = torch.autograd.grad((logp * g).sum(), (hidden, weight))
-    ref = torch.log_softmax((hidden @ weight.T).float(), -1)  # what autograd does without the fused head
+    # what autograd does without the fused head
+    ref = torch.log_softmax((hidden @ weight.T).float(), -1)
     ref_logp, ref_entropy = ref.gather(1, targets[:, None])[:, 0], -(ref.exp() * ref).sum(-1)
     ref_grads = torch.autograd.grad((ref_logp * g).sum(), (hidden, weight))
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
-    assert torch.allclose(logp, ref_logp, **tol) and torch.allclose(entropy, ref_entropy.detach(), **tol)
-    for a, b in zip(grads, ref_grads):
+    assert torch.allclose(logp, ref_logp, **tol) and torch.allclose(
+        entropy, ref_entropy.detach(), **tol
+    )
+    for a, b in zip(grads, ref_grads, strict=True):
         assert a.dtype == dtype and torch.allclose(a.float(), b.float(), **tol)
     assert not entropy.requires_grad  # a diagnostic: no gradient from it
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen flash kernel runs on CUDA only (the CPU "
-                    "runs the per-sequence reference, tested above); run this file on a GPU to check the kernel")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="torch's varlen flash kernel runs on CUDA only (the CPU "
+    "runs the per-sequence reference, tested above); run this file on a GPU to check the kernel",
+)
 def test_packed_varlen_kernel_on_cuda_matches_the_padded_path():
     model, batch = gqa_qwen(), rollout()
     work = drgrpo.working_copy(model.cuda(), torch.bfloat16)

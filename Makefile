@@ -7,8 +7,9 @@ RUNS   ?= runs/demo/dr_grpo runs/demo/grpo
 MODEL  ?= Qwen/Qwen2.5-Math-1.5B
 EVAL   ?= data/eval/aime24.jsonl,data/eval/amc.jsonl,data/eval/math500.jsonl,data/eval/minerva.jsonl,data/eval/olympiadbench.jsonl
 # matplotlib (figures) and trl (the benchmark's baseline, and a test that our loss equals its loss) are extras:
-# drgrpo.py itself needs only torch, transformers, vllm, math-verify and tqdm.
-COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest pyarrow==26.0.1 matplotlib==3.11.2 trl==1.16.0
+# drgrpo.py itself needs only torch, transformers, vllm, math-verify and tqdm; ruff formats and lints.
+COMMON := transformers==5.19.0 math-verify==0.9.0 tqdm pytest pyarrow==26.0.1 matplotlib==3.11.2 trl==1.16.0 \
+          ruff==0.17.6
 # vLLM: the CUDA build where an NVIDIA GPU answers (it pins the torch it was built for: torch==2.13.0 for vllm
 # 0.32.0), the CPU build elsewhere. torch is pinned there too: unpinned, it pulls several GB of CUDA wheels.
 GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -35,14 +36,16 @@ endif
 demo: install          ## offline: build + pre-train a tiny model, then Dr. GRPO vs GRPO on CPU (~10 min, 2 cores)
 	$(BIN)/python data/arith/demo.py $(ARGS)
 
-test: install          ## the unit tests, bias demonstrations and an end-to-end run (CPU, a few minutes)
+test: install          ## ruff format/lint checks, then the tests: loss-bias math, reward, end-to-end RL (CPU)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests $(ARGS)
 
 train: install         ## the paper's recipe: Qwen2.5-Math-1.5B, MATH level 3-5 (needs a GPU and the hub)
 	$(BIN)/python drgrpo.py train $(ARGS)
 
 eval: install          ## greedy accuracy of MODEL on the paper's five benchmarks (after `make data`)
-	$(BIN)/python tests/evaluate.py --model $(MODEL) --eval_data $(EVAL) $(ARGS)
+	$(BIN)/python drgrpo.py eval --model $(MODEL) --eval_data $(EVAL) $(ARGS)
 
 data: install          ## download the paper's training set and five evaluation sets into data/ (needs internet)
 	$(BIN)/python data/math/prepare.py
@@ -51,7 +54,7 @@ bias: install          ## the toy that shows GRPO's length and difficulty biases
 	$(BIN)/python tests/toy_bias.py tests/toy_bias.png
 
 plot: install          ## reward and correct/incorrect lengths of runs: make plot RUNS="runs/a runs/b"
-	$(BIN)/python tests/plot.py $(RUNS)
+	$(BIN)/python drgrpo.py plot $(RUNS)
 
 bench: install         ## drgrpo vs TRL GRPOTrainer on this CPU: speed + memory table, runs/bench/bench.json (~1 h)
 	$(BIN)/python tests/bench.py $(ARGS)

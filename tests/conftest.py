@@ -7,7 +7,6 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.chdir(ROOT)  # the demo's data paths are relative to the project root
 import drgrpo  # noqa: E402, F401  (first: it sets the OpenMP/vLLM environment before torch loads)
 

@@ -18,9 +18,9 @@ def write(tmp_path, text, name="d.jsonl"):
     return str(p)
 
 
-# `python drgrpo.py train ...`, or the eval tool, `python tests/evaluate.py ...`
+# `python drgrpo.py train ...` or `python drgrpo.py eval ...`
 def cli(mode, *args):
-    command = ["drgrpo.py", "train"] if mode == "train" else ["tests/evaluate.py"]
+    command = ["drgrpo.py", mode]
     r = subprocess.run(
         [sys.executable, *command, *args], capture_output=True, text=True, timeout=120
     )
@@ -122,8 +122,8 @@ def test_missing_file():
             ["--micro_batch_size", "3"],
             "--train_batch_size 128 is not a multiple of --micro_batch_size 3",
         ),
-        (["--grade_timeout", "0"], "--grade_timeout > 0"),
-        (["--grade_workers", "0"], "--grade_workers must be >= 1"),
+        (["--grade_timeout", "0"], "--grade_timeout 0.0: must be > 0"),
+        (["--grade_workers", "0"], "--grade_workers 0: must be >= 1"),
         (["--train_data", "missing.jsonl"], "missing.jsonl: no such file"),
         (
             ["--train_data", "data/arith/train.jsonl", "--out_dir", "README.md/run"],
@@ -204,7 +204,7 @@ def test_a_model_that_is_neither_here_nor_on_the_hub_is_one_line_and_exit_2(tmp_
     # HF_HOME in tmp_path: the hub client's cache; afterwards it must hold no
     # model file (nothing downloaded)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
-    command = ["drgrpo.py", "train"] if mode == "train" else ["tests/evaluate.py"]
+    command = ["drgrpo.py", mode]
     r = subprocess.run(
         [
             sys.executable,

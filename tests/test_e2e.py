@@ -8,7 +8,6 @@ import random
 
 import pytest
 import torch
-from conftest import load_script
 
 import drgrpo
 from drgrpo import Completion, Config, Sample, train
@@ -61,7 +60,9 @@ def test_static_cache_sampler_gives_the_same_greedy_completions(tiny):
         for q in ("Pick 1 or 2!", "What is 12 + 30? Think first.")
     ]
     dynamic, static = (
-        drgrpo.HFSampler(model, tok, "qwen_math", static_cache=s).generate(prompts, 1, 24, 0.0)
+        (drgrpo.StaticCacheHFSampler if s else drgrpo.HFSampler)(model, tok, "qwen_math").generate(
+            prompts, 1, 24, 0.0
+        )
         for s in (False, True)
     )
     assert [[c.token_ids for c in g] for g in static] == [[c.token_ids for c in g] for g in dynamic]
@@ -172,7 +173,7 @@ def test_plot_draws_runs(tiny, tmp_path):
         cfg = tiny_cfg(tiny, algo=name, out_dir=str(tmp_path / name))
         train(cfg)
         runs.append(cfg.out_dir)
-    load_script("tests/plot.py").plot(runs)
+    drgrpo.main(["plot", *runs])
     png = tmp_path / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 

@@ -6,11 +6,10 @@ import json
 import math
 
 import pytest
-from conftest import load_script
 
 import drgrpo
 
-pass_at_k = load_script("tests/evaluate.py").pass_at_k  # `eval`, a tool beside the tests
+pass_at_k = drgrpo.pass_at_k  # `python drgrpo.py eval` reports it with --eval_n K
 
 
 def test_pass_at_k_hand_computed():
@@ -38,8 +37,9 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
         p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files.append(str(p))
     out = tmp_path / f"out{n}"
-    load_script("tests/evaluate.py").main(
+    drgrpo.main(
         [
+            "eval",
             "--model",
             tiny["model"],
             "--eval_data",

@@ -11,12 +11,8 @@ fixed, so a run is also repeatable.
 """
 
 import math
-import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import toy_bias  # noqa: E402
 
 START = toy_bias.expected_length(toy_bias.START_STOP_LOGIT)

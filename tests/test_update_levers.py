@@ -12,7 +12,7 @@ the CPU against the plain path:
 - padding-free packing (--pack): a micro-batch as one row without pads gives the unpadded log-probs,
   entropy, loss and gradients, with grouped-query attention and gradient checkpointing too (on CUDA,
   torch's varlen kernel: the test of it runs where there is a GPU);
-- the fused LM head (HeadLogProbs): log-probs, entropy and gradients equal to
+- the fused LM head (FusedLMHead): log-probs, entropy and gradients equal to
   autograd through a full log-softmax.
 """
 
@@ -67,7 +67,8 @@ def test_no_attention_mask_gives_the_unpadded_logprobs_and_entropy():
     ids, mask, where, _ = drgrpo.collate(batch, 0, "cpu")
     assert (ids == 0).any()  # right padding is really there
     with torch.no_grad():
-        logp, entropy = drgrpo.token_logprobs(model, ids, mask, where)
+        # section 7's plain computation (the fused head is checked against it elsewhere)
+        logp, entropy = drgrpo.token_logprobs(model, (ids, mask, where, None), fused_head=False)
         ref_logp, ref_entropy = plain_logprobs(model, batch)
     for i, s in enumerate(batch):
         a, b = drgrpo.span(s)
@@ -212,10 +213,10 @@ def test_packed_row_gives_the_unpadded_logprobs_and_entropy():
     assert inputs["position_ids"][0, lengths[0]] == 0  # positions restart with each sequence
     assert len(responses) == int(mask.sum())
     with torch.no_grad():
-        logp, entropy = drgrpo.token_logprobs(model, ids, mask, where, packed)
+        logp, entropy = drgrpo.token_logprobs(model, (ids, mask, where, packed), fused_head=False)
         ref_logp, ref_entropy = plain_logprobs(model, batch)
-        # unpacked calls: plain SDPA as before
-        padded, _ = drgrpo.token_logprobs(model, ids, mask, where)
+        # unpacked calls after a packed one: plain SDPA as before
+        padded, _ = drgrpo.token_logprobs(model, (ids, mask, where, None), fused_head=False)
     for i, s in enumerate(batch):
         a, b = drgrpo.span(s)
         assert torch.allclose(logp[i, a:b], ref_logp[i], atol=1e-5)
@@ -264,7 +265,7 @@ def test_fused_head_equals_autograd_through_the_full_log_softmax(dtype):
     hidden = torch.randn(10, 8, generator=gen).to(dtype).requires_grad_()
     weight = torch.randn(50, 8, generator=gen).to(dtype).requires_grad_()
     targets, g = torch.randint(50, (10,), generator=gen), torch.randn(10, generator=gen)
-    logp, entropy = drgrpo.HeadLogProbs.apply(hidden, weight, targets, 3)  # 4 chunks of <= 3 rows
+    logp, entropy = drgrpo.FusedLMHead.apply(hidden, weight, targets, 3)  # 4 chunks of <= 3 rows
     grads = torch.autograd.grad((logp * g).sum(), (hidden, weight))
     # what autograd does without the fused head
     ref = torch.log_softmax((hidden @ weight.T).float(), -1)
@@ -288,7 +289,7 @@ def test_packed_varlen_kernel_on_cuda_matches_the_padded_path():
     model, batch = gqa_qwen(), rollout()
     work = drgrpo.working_copy(model.cuda(), torch.bfloat16)
     ids, mask, where, packed = drgrpo.collate(batch, 0, "cuda", pack=True)
-    logp, _ = drgrpo.token_logprobs(work, ids, mask, where, packed)
-    ref, _ = drgrpo.token_logprobs(work, ids, mask, where)
+    logp, _ = drgrpo.token_logprobs(work, (ids, mask, where, packed))
+    ref, _ = drgrpo.token_logprobs(work, (ids, mask, where, None), fused_head=False)
     diff = (logp - ref)[mask.bool()].abs()
     assert diff.mean() < 0.02 and diff.max() < 0.15  # bf16: the two kernels sum in different orders

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -72,21 +73,29 @@ def flat_grads(model):
     )
 
 
-def test_chunked_head_gives_the_same_logprobs_entropy_and_gradients():
+def test_fused_head_equals_the_plain_computation(monkeypatch):
+    """Section 7's plain log_softmax + gather (--fused_head false) against the fused head
+    (FusedLMHead) in one chunk and in chunks of 7 positions: log-probs, entropy, gradients."""
     model = random_qwen()
-    ids, tgt, where, _ = drgrpo.collate(rollout(), 0, "cpu")
+    inputs = drgrpo.collate(rollout(), 0, "cpu")
+    tgt = inputs[1]
     weights = torch.randn(tgt.shape)
-    results = []
-    # one chunk vs 7 positions per chunk (HeadLogProbs' loop, forward and backward)
-    for chunk in (10**9, 7):
-        chunk_bytes = chunk * 4 * model.config.vocab_size
+    results, fused = [], drgrpo.fused_head_logprobs
+    for fused_head, chunk in ((False, None), (True, 10**9), (True, 7)):
+        if chunk:  # positions per chunk -> bytes of fp32 logits
+            chunk_bytes = chunk * 4 * model.config.vocab_size
+            monkeypatch.setattr(
+                drgrpo, "fused_head_logprobs", partial(fused, chunk_bytes=chunk_bytes)
+            )
         model.zero_grad()
-        logp, entropy = drgrpo.token_logprobs(model, ids, tgt, where, chunk_bytes=chunk_bytes)
+        logp, entropy = drgrpo.token_logprobs(model, inputs, fused_head=fused_head)
         (logp * weights).sum().backward()
         results.append((logp.detach(), entropy, flat_grads(model)))
     assert int(tgt.sum()) > 7 * 3  # several chunks really ran
-    for a, b in zip(*results, strict=True):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    assert results[0][1].abs().sum() > 0  # the entropy is computed, not left at 0
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
@@ -106,7 +115,7 @@ def test_skipping_zero_advantage_responses_changes_neither_loss_nor_update(loss_
     # reference: the plain formula over the whole batch, every response included
     ref = copy.deepcopy(model)
     ids, tgt, where, _ = drgrpo.collate(batch, 0, "cpu")
-    logp, _ = drgrpo.token_logprobs(ref, ids, tgt, where)
+    logp, _ = drgrpo.token_logprobs(ref, (ids, tgt, where, None), fused_head=False)
     adv = torch.tensor([s.advantage for s in batch]).unsqueeze(1)
     tok_loss, _ = drgrpo.ppo_token_loss(logp, logp.detach(), adv, 0.2, 0.2)
     ref_loss = drgrpo.aggregate_loss(
@@ -208,7 +217,7 @@ def test_loss_and_gradient_equal_trl_grpo_trainer(tmp_path, loss_agg):
 
 
 MEMORY_PROBE = """
-import resource, sys, torch
+import functools, resource, sys, torch
 sys.path.insert(0, sys.argv[1])
 import drgrpo
 from test_update_speed import random_qwen
@@ -218,7 +227,9 @@ tgt = torch.ones(2, 4096)
 where = tgt.nonzero(as_tuple=True)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 # 256 positions a chunk
-logp, _ = drgrpo.token_logprobs(model, ids, tgt, where, chunk_bytes=256 * 4 * 151936)
+fused = drgrpo.fused_head_logprobs
+drgrpo.fused_head_logprobs = functools.partial(fused, chunk_bytes=256 * 4 * 151936)
+logp, _ = drgrpo.token_logprobs(model, (ids, tgt, where, None))
 logp.sum().backward()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """

@@ -36,7 +36,7 @@ def trainer_logprobs(model, seq, prompt_len):
     s = drgrpo.Sample(seq[:prompt_len], drgrpo.Completion(seq[prompt_len:], "", False), 0.0, 0.0)
     ids, tgt, where, _ = drgrpo.collate([s], 0, "cpu")
     with torch.no_grad():
-        logp, _ = drgrpo.token_logprobs(model, ids, tgt, where)
+        logp, _ = drgrpo.token_logprobs(model, (ids, tgt, where, None))
     return logp[0, tgt[0].bool()]
 
 

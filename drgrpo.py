@@ -703,10 +703,12 @@ def check_model(name):
     """--model must be a local directory or on the hub (or its cache): one line, not a traceback."""
     from huggingface_hub import file_exists, try_to_load_from_cache
 
+    if os.path.isdir(name):
+        return
     try:
         why = "the hub has no such model"
-        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-        if os.path.isdir(name) or cached or file_exists(name, "config.json"):
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str) or file_exists(name, "config.json"):
             return
     except Exception as e:  # offline, a malformed name, no permission
         why = f"the hub cannot be asked ({type(e).__name__})"
@@ -1205,7 +1207,6 @@ def working_copy(model, dtype, replace=False):
 
 
 def accumulate_master_grads(model, work):
-    """Move the working copy's (bf16) gradients into the master weights' fp32 gradients."""
     for p, w in zip(model.parameters(), work.parameters(), strict=True):
         if w is not p and w.grad is not None:
             p.grad = w.grad.float() if p.grad is None else p.grad.add_(w.grad)

@@ -22,6 +22,7 @@ def load_script(path):
 
 
 arith = load_script("data/arith/prepare.py")
+sys.modules["prepare"] = arith  # what data/arith/demo.py imports, run beside it as a script
 
 
 @pytest.fixture(scope="session")

@@ -181,7 +181,7 @@ def test_plot_draws_runs(tiny, tmp_path):
 def test_nan_gradients_skip_updates_then_stop_with_a_checkpoint(tiny, monkeypatch, capsys):
     real = drgrpo.aggregate_loss
     # a loss gone bad
-    monkeypatch.setattr(drgrpo, "aggregate_loss", lambda *a: real(*a) * float("nan"))
+    monkeypatch.setattr(drgrpo, "aggregate_loss", lambda *a, **kw: real(*a, **kw) * float("nan"))
     cfg = tiny_cfg(tiny, steps=6, out_dir=str(tiny["dir"] / "nan"))
     with pytest.raises(drgrpo.TrainingStopped, match="last 3 steps had a non-finite gradient"):
         train(cfg)

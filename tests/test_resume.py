@@ -297,7 +297,7 @@ def test_resume_takes_lr_from_the_flags_not_the_checkpoint(tiny, tmp_path, monke
     monkeypatch.setattr(
         drgrpo,
         "optimizer_step",
-        lambda m, opt, *a: seen.append(opt.param_groups[0]["lr"]) or real(m, opt, *a),
+        lambda m, opt, *a, **kw: seen.append(opt.param_groups[0]["lr"]) or real(m, opt, *a, **kw),
     )
     train(replace(cfg, steps=2, lr=1e-4))  # e.g. a lower lr after a run stopped on NaN
     assert seen == [1e-4, 1e-4] and cfg.lr != 1e-4

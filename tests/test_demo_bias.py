@@ -1,4 +1,4 @@
-"""`make demo`'s result in small (issue 13): on the demo's own data, through drgrpo.train and
+"""`make demo`'s result in small: on the demo's own data, through drgrpo.train and
 the same settings but a smaller tiny Qwen2 and fewer RL steps, GRPO's incorrect responses
 grow longer and Dr. GRPO's do not.
 
@@ -7,10 +7,9 @@ verifier's 0/1 (no length term); the length the model can change is the number o
 am not sure. It is a guess. ...") inside a guess, which does not change whether the answer is
 right (data/arith/prepare.py).
 
-Bounds, measured with RL seeds 0, 1, 2 on this file's base model, on this workplace's 2-core AMD
-EPYC (AVX2 only), with the pre-training in length-sorted micro-batches, lr 3e-4 and drgrpo's fused
-log-prob head (issue 14; it rounds differently, so the base model changed) (incorrect-response
-length, mean of the first 3 steps -> last 5 steps; the test runs seed 0):
+Bounds, measured with RL seeds 0, 1, 2 on this file's base model on a 2-core AVX2 CPU, with
+the pre-training in length-sorted micro-batches, lr 3e-4 and drgrpo's fused log-prob head
+(incorrect-response length, mean of the first 3 steps -> last 5 steps; the test runs seed 0):
   seed | GRPO                 | Dr. GRPO             | GRPO / Dr. GRPO, | reward first 3 -> last 3
        |                      |                      | last 5           | (GRPO; Dr.)
      0 | 15.7 -> 19.9 (1.27x) | 14.1 -> 13.9 (0.99x) | 1.43             | 0.43 -> 0.68; 0.40 -> 0.59

@@ -51,7 +51,7 @@ def test_sampler_gives_g_completions_and_flags_truncation(tiny):
 
 
 def test_static_cache_sampler_gives_the_same_greedy_completions(tiny):
-    """--hf_static_cache (issue 14's faster HF sampler on CUDA, where transformers compiles the
+    """--hf_static_cache (the faster HF sampler on CUDA, where transformers compiles the
     decoding step): the same tokens as the default dynamic KV cache, with prompts of different
     lengths padded to a multiple of 64."""
     model, tok = drgrpo.load_model(tiny["model"], "cpu")

@@ -1,4 +1,4 @@
-"""The GPU levers of the update (issue 14) change no number, checked on
+"""The GPU levers of the update change no number, checked on
 the CPU against the plain path:
 
 - no attention mask (right padding, causal attention): log-probs, entropy, loss and gradients equal

@@ -633,7 +633,8 @@ def train(cfg):
         if cfg.eval_every and step % cfg.eval_every == 0:  # held-out accuracy, in the same line
             m |= eval_metrics(cfg, model, tokenizer, sampler)
         log_metrics(metrics_path, m, bar)
-        run.update(step=step, bad_steps=run["bad_steps"] + 1 if m["skipped_updates"] else 0)
+        all_skipped = m["skipped_updates"] == 1  # every update of this step had a NaN gradient
+        run.update(step=step, bad_steps=run["bad_steps"] + 1 if all_skipped else 0)
         broken = run["bad_steps"] >= 3  # one NaN batch is noise; 3 steps in a row, a broken run
         last = broken or stop.signal or step == cfg.steps
         if last or (cfg.save_every and step % cfg.save_every == 0):
@@ -1326,8 +1327,7 @@ def evaluate(cfg, model, tokenizer, sampler=None, n=1, temperature=0.0):
     return table, records
 
 
-def eval_metrics(cfg, model, tokenizer, sampler):
-    """evaluate() during training (--eval_every), for metrics.jsonl."""
+def eval_metrics(cfg, model, tokenizer, sampler):  # evaluate() for --eval_every's metrics
     table, _ = evaluate(cfg, model, tokenizer, sampler=sampler)
     keys = ("accuracy", "len_mean", "truncated_frac")
     return {f"eval/{name}/{k}": r[k] for name, r in table.items() for k in keys}

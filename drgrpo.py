@@ -1390,8 +1390,8 @@ def plot(run_dirs, path=None):
             values = [float("nan") if m[key] is None else m[key] for m in lines]
             ax.plot([m["step"] for m in lines], values, label=os.path.basename(run.rstrip("/")))
     for ax, what in zip(axes, ("reward", "correct", "incorrect"), strict=True):
-        title = what if what == "reward" else f"mean length of {what} responses (tokens)"
-        ax.set(xlabel="RL step", title=f"{title}, training samples")
+        title = f"mean length of {what} responses (tokens)"
+        ax.set(xlabel="RL step", title="reward (training samples)" if what == "reward" else title)
         ax.legend()
     fig.tight_layout()
     parent = os.path.commonpath([os.path.abspath(r) for r in run_dirs])

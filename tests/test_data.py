@@ -9,6 +9,7 @@ import sys
 import pytest
 from conftest import arith
 
+import drgrpo
 from drgrpo import UserError, load_jsonl
 
 
@@ -243,3 +244,13 @@ def test_missing_paper_data_says_make_data_fetches_it(tmp_path):
         and len(lines) == 1
         and "no such file (`make data` downloads it)" in lines[0]
     )
+
+
+def test_modes_train_eval_plot_and_train_without_a_mode():
+    """`python drgrpo.py [train|eval] --flag ...` gives a Config; `plot DIR ...` the run dirs."""
+    assert drgrpo.parse_args(["--steps", "3"]) == ("train", drgrpo.Config(steps=3))
+    assert drgrpo.parse_args(["eval", "--n", "4"]) == ("eval", drgrpo.Config(eval_n=4))
+    assert drgrpo.parse_args(["train", "--fused_head", "false"])[1].fused_head is False
+    assert drgrpo.parse_args(["plot", "runs/a", "runs/b"]) == ("plot", ["runs/a", "runs/b"])
+    with pytest.raises(SystemExit):
+        drgrpo.parse_args(["plot"])  # plot needs a run directory

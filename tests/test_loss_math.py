@@ -119,3 +119,14 @@ def test_ppo_clip_stops_gradient_outside_the_trust_region():
     loss, clipped = ppo_token_loss(logp, torch.zeros(3), adv, 0.2, 0.8)
     loss.sum().backward()
     assert clipped[0] == 0 and logp.grad[0] != 0
+
+
+def test_ppo_clip_keeps_the_gradient_when_the_ratio_moved_against_the_advantage():
+    """Eq. 1's min is the pessimistic bound: a token whose ratio fell below 1 - eps although its
+    advantage is positive (or rose above 1 + eps with a negative one) keeps its full gradient."""
+    logp = torch.tensor([-0.7, 0.7], requires_grad=True)  # ratios e^-0.7 = 0.50, e^0.7 = 2.01
+    adv = torch.tensor([1.0, -1.0])
+    loss, clipped = ppo_token_loss(logp, torch.zeros(2), adv, 0.2, 0.2)
+    loss.sum().backward()
+    assert clipped.tolist() == [0.0, 0.0]
+    assert logp.grad.tolist() == pytest.approx([-math.exp(-0.7), math.exp(0.7)])

@@ -1,0 +1,261 @@
+"""`make mutants`: do the tests catch the bugs a user would hit? Each deliberate bug below is
+applied to drgrpo.py alone, in a temporary copy of the project, and the tests that should catch
+it run there. A bug that no test catches is printed, and the command exits with 1.
+
+    python tests/mutants.py            # every bug (about half an hour on 2 CPU cores)
+    python tests/mutants.py M3 M10     # only these
+    python tests/mutants.py --list     # the bugs, and the tests that run for each
+
+A bug whose text no longer occurs in drgrpo.py is reported as stale (the code moved): update its
+text here, so that the list keeps testing what it says.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOOP, SAMPLERS = "tests/test_loop_bugs.py", "tests/test_sampler_bugs.py"
+MATH, REWARD = "tests/test_loss_math.py", "tests/test_reward.py"
+LEVERS, SPEED = "tests/test_update_levers.py", "tests/test_update_speed.py"
+
+# (name, the bug as a user would meet it, text in drgrpo.py, the buggy text, tests to run)
+MUTANTS = [
+    # The update and the training loop
+    (
+        "M1",
+        "pi_old never stored before a rollout's second optimizer step (ratio stays 1)",
+        '        fill_logprobs(work, trained, cfg, attr="old_logp", pad_id=pad_id)',
+        "        pass",
+        [LOOP],
+    ),
+    (
+        "M2",
+        "the KL term computed and logged but left out of the loss",
+        "loss_tok = loss_tok + cfg.kl_beta * kl",
+        "loss_tok = loss_tok + 0 * kl",
+        [LOOP],
+    ),
+    (
+        "M3",
+        "--epochs_per_rollout ignored",
+        "    for _ in range(cfg.epochs_per_rollout):",
+        "    for _ in range(1):",
+        [LOOP],
+    ),
+    (
+        "M4",
+        "--adv_norm batch divides by the group's std instead of the batch's",
+        "return centered / (rewards.std() + 1e-8) if",
+        "return centered / (std + 1e-8) if",
+        [LOOP],
+    ),
+    (
+        "M6",
+        "gradient clipping turned off (the norm still logged)",
+        "clip_grad_norm_(model.parameters(), cfg.grad_clip)",
+        'clip_grad_norm_(model.parameters(), float("inf"))',
+        [LOOP],
+    ),
+    (
+        "M11",
+        "the same sampling seed at every step",
+        "seed = cfg.seed * 100003 + step",
+        "seed = cfg.seed * 100003",
+        [LOOP],
+    ),
+    (
+        "M12",
+        "each advantage given to the neighbouring sample of its group",
+        "advantage=advantages[i, j].item())",
+        "advantage=advantages[i, (j + 1) % len(group)].item())",
+        [LOOP],
+    ),
+    # The samplers
+    (
+        "M5a",
+        "HF greedy decoding (evaluation) quietly sampling at temperature 1",
+        "                do_sample=not greedy,",
+        "                do_sample=True,",
+        [SAMPLERS],
+    ),
+    (
+        "M5b",
+        "vLLM greedy decoding (evaluation) quietly sampling at temperature 1",
+        "            temperature=temperature,\n            max_tokens=max_new_tokens,",
+        "            temperature=temperature or 1.0,\n            max_tokens=max_new_tokens,",
+        [SAMPLERS],
+    ),
+    (
+        "M7",
+        "an EOS exactly at --max_new_tokens counted as truncated (reward 0)",
+        "truncated=not stopped and len(ids) >= max_new_tokens",
+        "truncated=len(ids) >= max_new_tokens",
+        [SAMPLERS],
+    ),
+    (
+        "M8a",
+        "the vLLM sampler ignores stop strings",
+        "            stop=self.stop_strings or None,",
+        "            stop=None,",
+        [SAMPLERS],
+    ),
+    (
+        "M8b",
+        "the vLLM sampler drops the stop string from the text",
+        "            include_stop_str_in_output=True,",
+        "            include_stop_str_in_output=False,",
+        [SAMPLERS],
+    ),
+    (
+        "M9",
+        "the vLLM prefix cache not reset after a weight sync (stale keys and values)",
+        "        self.llm.reset_prefix_cache()",
+        "        pass  #",
+        [SAMPLERS],
+    ),
+    (
+        "M10",
+        "the HF sampler keeps the pads after a row's EOS",
+        "        ids = ids[:cut]",
+        "        ids = ids",
+        [SAMPLERS],
+    ),
+    # The loss math, the grader, the fast paths, the sync and resume
+    (
+        "B1",
+        "GRPO without its division by the std (the difficulty bias gone from GRPO too)",
+        "        return centered / (std + 1e-8)  #",
+        "        return centered  #",
+        [MATH],
+    ),
+    (
+        "B2",
+        "GRPO's per-response mean divided by the micro-batch's count, not the batch's",
+        "return (summed / mask.sum(dim=1).clamp(min=1)).sum() / batch_seqs",
+        "return (summed / mask.sum(dim=1).clamp(min=1)).mean()",
+        ["tests/test_e2e.py", LEVERS],
+    ),
+    (
+        "B3",
+        "Dr. GRPO's constant C = 1 instead of --max_new_tokens",
+        "loss_norm_const=cfg.loss_norm_const or cfg.max_new_tokens",
+        "loss_norm_const=cfg.loss_norm_const or 1",
+        [MATH, SPEED],
+    ),
+    (
+        "B4",
+        "--algo grpo runs Dr. GRPO's toggles",
+        '"grpo": ("group", "seq_mean_token_mean")',
+        '"grpo": ("none", "seq_mean_token_sum_norm")',
+        [MATH, "tests/test_toy_bias.py"],
+    ),
+    (
+        "B5",
+        "PPO's clip without the min (the pessimistic bound)",
+        "return -torch.minimum(unclipped, clipped), was_clipped",
+        "return -clipped, was_clipped",
+        [MATH],
+    ),
+    (
+        "B6",
+        "the fused LM head's backward 10% too large",
+        "grad_hidden[i : i + ctx.chunk] = d_logits @ weight",
+        "grad_hidden[i : i + ctx.chunk] = 1.1 * (d_logits @ weight)",
+        [LEVERS, SPEED],
+    ),
+    (
+        "B7",
+        "the response mask one position late (the first response token never trained)",
+        "    return len(s.prompt_ids) - 1, len(s.prompt_ids) + len(s.completion.token_ids) - 1",
+        "    return len(s.prompt_ids), len(s.prompt_ids) + len(s.completion.token_ids) - 1",
+        [LEVERS],
+    ),
+    (
+        "B8",
+        "the weight sync into vLLM does nothing",
+        "        worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)",
+        "        pass",
+        ["tests/test_vllm.py"],
+    ),
+    (
+        "B9",
+        "a truncated response graded on what it says",
+        "if truncated or (template",
+        "if (template",
+        [REWARD],
+    ),
+    (
+        "B10",
+        "a grader that accepts any answer",
+        'return float(any(norm == normalize_answer(g) != ""',
+        'return float(True or any(norm == normalize_answer(g) != ""',
+        [REWARD],
+    ),
+    (
+        "B11",
+        "the data order's random state not restored on resume",
+        '    rng.setstate(run.pop("rng"))',
+        '    run.pop("rng")',
+        ["tests/test_resume.py"],
+    ),
+    (
+        "B12",
+        "Adam's moments not restored on resume",
+        '    optimizer.load_state_dict({**run.pop("optimizer"), "param_groups": groups})',
+        '    run.pop("optimizer")',
+        ["tests/test_resume.py"],
+    ),
+]
+
+
+def copy_project(dest):
+    """The project's files (no .git, .venv, runs or caches) under `dest`."""
+    skip = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, dest, ignore=skip, symlinks=True)
+
+
+def run_mutant(name, old, new, tests):
+    """-> "caught", "MISSED" or "stale", and the last lines pytest printed."""
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{name}-") as tmp:
+        copy_project(os.path.join(tmp, "p"))
+        path = os.path.join(tmp, "p", "drgrpo.py")
+        source = open(path).read()
+        if source.count(old) != 1:
+            return "stale", f"the text occurs {source.count(old)} times in drgrpo.py"
+        with open(path, "w") as f:
+            f.write(source.replace(old, new))
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+        out = subprocess.run(cmd, cwd=os.path.join(tmp, "p"), capture_output=True, text=True)
+        tail = (out.stdout + out.stderr).strip().splitlines()[-1:]
+        # pytest's exit code 1: a test failed; 2: collecting the tests failed (both catch the
+        # bug); 0: every test passed, the bug went unnoticed; 4 or 5: no test ran (a wrong path).
+        verdict = {0: "MISSED", 1: "caught", 2: "caught"}.get(out.returncode, "error")
+        return verdict, " ".join(tail)
+
+
+def main(argv):
+    chosen = [m for m in MUTANTS if not argv or m[0] in argv or argv == ["--list"]]
+    if argv == ["--list"]:
+        for name, what, _, _, tests in chosen:
+            print(f"{name:>4}  {what}\n      {' '.join(tests)}")
+        return 0
+    missed = []
+    for name, what, old, new, tests in chosen:
+        t = time.time()
+        verdict, detail = run_mutant(name, old, new, tests)
+        print(
+            f"{name:>4} {verdict:>6} ({time.time() - t:3.0f} s)  {what}\n      {detail}", flush=True
+        )
+        if verdict != "caught":
+            missed.append(name)
+    print(f"\n{len(chosen) - len(missed)} of {len(chosen)} deliberate bugs caught", end="")
+    print(f"; not caught: {', '.join(missed)}" if missed else "")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from test_update_levers import plain_logprobs
 
 import drgrpo
 from drgrpo import Completion, Config, Sample, train
@@ -71,7 +72,18 @@ def test_static_cache_sampler_gives_the_same_greedy_completions(tiny):
 
 @pytest.mark.parametrize("algo", ["dr_grpo", "grpo"])
 def test_two_rl_steps_update_log_and_save(tiny, algo):
-    cfg = tiny_cfg(tiny, algo=algo, out_dir=str(tiny["dir"] / algo))
+    """Two steps of train() whose rollouts both have mixed groups, so both updates are real: each
+    logs its metrics, the 2nd optimizer step of a rollout clips (pi_old kept), and the checkpoint
+    is a plain transformers one with changed weights. (lr 3e-3: at 1e-2 the first step wrecks this
+    tiny model, and every 2nd-step response runs to the length limit and scores 0.)"""
+    cfg = tiny_cfg(
+        tiny,
+        algo=algo,
+        lr=3e-3,
+        clip_eps_low=0.02,
+        clip_eps_high=0.02,
+        out_dir=str(tiny["dir"] / algo),
+    )
     start = {
         k: v.clone() for k, v in drgrpo.load_model(tiny["model"], "cpu")[0].state_dict().items()
     }
@@ -95,24 +107,48 @@ def test_two_rl_steps_update_log_and_save(tiny, algo):
             "grade_failures",
         ):
             assert key in m
-    assert any(0 < m["reward"] < 1 for m in lines), "rewards should be mixed for this model"
+    for m in lines:  # mixed groups in both rollouts: both optimizer updates really move
+        assert 0 < m["reward"] < 1 and m["zero_std_group_frac"] < 1, m
+        assert m["trained_frac"] > 0 and m["grad_norm"] > 0, m
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(ckpt)  # a plain transformers checkpoint
     AutoTokenizer.from_pretrained(ckpt)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
     assert changed, "RL steps did not change any weight"
-    # 8 responses per optimizer step out of 16 per rollout: 2 updates, so pi_old
-    # log-probs were needed and used
-    assert lines[0]["clip_frac"] >= 0
+    # 8 responses per optimizer step out of 16 per rollout: 2 updates. The 2nd one's ratio is
+    # measured against the sampling policy, has moved past 1 +- 0.02, and some tokens are clipped
+    assert all(m["clip_frac"] > 0 for m in lines), [m["clip_frac"] for m in lines]
 
 
-def test_kl_and_several_epochs_run(tiny):
-    cfg = tiny_cfg(tiny, kl_beta=0.1, epochs_per_rollout=2, out_dir=str(tiny["dir"] / "kl"))
+def test_kl_and_several_epochs_run(tiny, monkeypatch):
+    """--kl_beta with 2 epochs of 2 optimizer steps a rollout: each optimizer step logs the k3
+    KL to the start model, recomputed here from a plain forward of each response: 0 at the first
+    step (the policy is the reference), then above 0; metrics.jsonl has the mean of a rollout's 4
+    values."""
+    start = drgrpo.load_model(tiny["model"], "cpu")[0]
+    real, expected, logged = drgrpo.optimizer_step, [], []
+
+    def checked_step(model, optimizer, batch, *a, **kw):
+        with torch.no_grad():
+            ref_logp, logp = (torch.cat(plain_logprobs(m, batch)[0]) for m in (start, model))
+            d = ref_logp - logp
+            expected.append((torch.exp(d) - d - 1).mean().item())
+        stats = real(model, optimizer, batch, *a, **kw)
+        logged.append(stats["kl"])
+        return stats
+
+    monkeypatch.setattr(drgrpo, "optimizer_step", checked_step)
+    cfg = tiny_cfg(
+        tiny, lr=3e-3, kl_beta=0.1, epochs_per_rollout=2, out_dir=str(tiny["dir"] / "kl")
+    )
     train(cfg)
     lines = [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]
-    assert all(m["kl"] >= 0 and math.isfinite(m["kl"]) for m in lines)
-    assert lines[-1]["kl"] > 0  # the policy moved away from the frozen reference
+    assert len(logged) == 2 * 4  # 2 steps x 2 epochs x 2 optimizer batches
+    assert logged[0] == pytest.approx(0, abs=1e-7)
+    assert logged == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert min(logged[1:]) > 1e-4  # the policy moved away from the frozen reference
+    assert [m["kl"] for m in lines] == pytest.approx([sum(logged[:4]) / 4, sum(logged[4:]) / 4])
 
 
 @pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)

@@ -22,7 +22,7 @@ SYNC_TOL = 1e-4  # fp32 engine vs fp32 trainer (tests/test_vllm.py)
 
 @pytest.fixture(scope="module")
 def varied(tmp_path_factory):
-    """A ~120k-parameter Qwen2 (head_dim 32) that answers prompt i with
+    """A ~150k-parameter Qwen2 (head_dim 32) that answers prompt i with
     "</think> <answer> DIGITS </answer> ok", LENGTHS[i] digits, then EOS. The digits start as
     LIKELY in 2 of 3 pre-training rows, so greedy and sampled replies differ, and the greedy
     choice wins by a wide margin (2/3 against 1/3)."""

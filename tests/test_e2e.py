@@ -44,7 +44,13 @@ def test_sampler_gives_g_completions_and_flags_truncation(tiny):
     # too short to finish: every one is cut
     short = sampler.generate(prompts, 3, max_new_tokens=2, seed=1)
     assert all(c.truncated and len(c.token_ids) == 2 for g in short for c in g)
-    assert drgrpo.grade(short[0][0].text, "1", "qwen_math", short[0][0].truncated) == 0.0
+    # cut one token before its EOS, a reply holds its whole answer and grades 0 only for the cut
+    full = sampler.generate(prompts[:1], 1, 16, temperature=0)[0][0]
+    cut = sampler.generate(prompts[:1], 1, len(full.token_ids) - 1, temperature=0)[0][0]
+    answer = drgrpo.extract_answer(full.text, "qwen_math")
+    assert not full.truncated and cut.truncated and cut.text == full.text and answer in ("1", "2")
+    assert drgrpo.grade(cut.text, answer, "qwen_math") == 1.0
+    assert drgrpo.grade(cut.text, answer, "qwen_math", cut.truncated) == 0.0
     # greedy is deterministic
     assert [c.token_ids for c in sampler.generate(prompts, 1, 16, temperature=0)[0]] == [
         c.token_ids for c in sampler.generate(prompts, 1, 16, temperature=0)[0]

@@ -98,12 +98,20 @@ def test_group_sampling_g_per_prompt_and_length_cutoff(tiny):
         assert c.truncated == (c.token_ids[-1] not in stops)  # stopped by EOS, or cut at the budget
     cut = sampler.generate(prompts, 3, 2, seed=0)
     assert all(c.truncated and len(c.token_ids) == 2 for g in cut for c in g)
-    assert drgrpo.grade(cut[0][0].text, "1", "qwen_math", cut[0][0].truncated) == 0.0
-    # r1's stop string ends a response and stays in its text
+    # cut one token before its EOS, a reply holds its whole answer and grades 0 only for the cut
+    full = sampler.generate(prompts[:1], 1, 16, temperature=0)[0][0]
+    cut = sampler.generate(prompts[:1], 1, len(full.token_ids) - 1, temperature=0)[0][0]
+    answer = drgrpo.extract_answer(full.text, "qwen_math")
+    assert not full.truncated and cut.truncated and cut.text == full.text and answer in ("1", "2")
+    assert drgrpo.grade(cut.text, answer, "qwen_math") == 1.0
+    assert drgrpo.grade(cut.text, answer, "qwen_math", cut.truncated) == 0.0
+    # a stop string ends a response and stays in its text: the tiny model writes "The answer is
+    # \boxed{1}.", and stopped at "answer" no reply reaches its \boxed{} or its EOS
     r1 = drgrpo.VLLMSampler.__new__(drgrpo.VLLMSampler)
     r1.__dict__.update(sampler.__dict__, stop_strings=["answer"])
     for c in (c for g in r1.generate(prompts, 4, 16, seed=0) for c in g):
-        assert c.truncated or c.token_ids[-1] in stops or "answer" in c.text
+        assert c.text.endswith("answer") and "boxed" not in c.text
+        assert not c.truncated and c.token_ids[-1] not in stops
     del sampler, r1
     gc.collect()
 

@@ -272,11 +272,14 @@ class HFSampler:
         return out
 
     def completion(self, ids, max_new_tokens):
-        # generate() pads a finished row after its stop token: cut there
-        cut = next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))
-        ids = ids[:cut]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        stopped = ids[-1] in self.stop_ids or any(text.endswith(s) for s in self.stop_strings)
+        # generate() pads a row once it stops: cut after its stop token, or its stop string's
+        ids = ids[: next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))]
+        body = len(ids)  # without the pads at its end (after a stop string, only pads follow)
+        while body > 1 and ids[body - 1] == self.tokenizer.pad_token_id:
+            body -= 1
+        text = self.tokenizer.decode(ids[:body], skip_special_tokens=True)
+        ids = ids[:body] if any(s in text for s in self.stop_strings) else ids
+        stopped = ids[-1] in self.stop_ids or any(s in text for s in self.stop_strings)
         return Completion(ids, text, truncated=not stopped and len(ids) >= max_new_tokens)
 
     def sync(self, model):
@@ -289,9 +292,8 @@ class HFSampler:
 
 
 class VLLMSampler:
-    """Sampling with vLLM: paged attention and continuous batching, many times faster. Its engine
-    holds its *own copy* of the weights: `sync` copies the trainer's into it after every update,
-    or the next samples would come from a stale policy."""
+    """Sampling with vLLM: many times faster. Its engine holds its *own copy* of the weights: `sync`
+    copies the trainer's in after every update, or the samples would come from a stale policy."""
 
     name = "vllm"
 
@@ -868,9 +870,8 @@ def grade_worker(conn):
 
 
 def start_grader():
-    # forkserver: workers fork from a server that imported math-verify once, never from this
-    # process, whose vLLM threads would not survive a fork. (Python 3.11 re-imports __main__ in
-    # each worker all the same: start_grader waits for the worker's "ready".)
+    # forkserver: workers fork from a server that imported math-verify, not from this process (its
+    # vLLM threads would not survive a fork); Python 3.11 re-imports __main__ there: wait for it.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", __name__, "math_verify"])
     ours, theirs = ctx.Pipe()
@@ -983,8 +984,7 @@ def resume_point(cfg):
 
 
 def restore(ckpt, run, optimizer, rng):
-    """Adam's moments (lr, betas and weight decay stay the flags': a resume may change them) and
-    the random streams of the unbroken run: the same data order and shuffles from here on."""
+    """Adam's moments (lr, betas, weight decay stay the flags') and the run's random states."""
     print(f"resuming from {ckpt} (step {run['step']})")
     groups = optimizer.state_dict()["param_groups"]
     optimizer.load_state_dict({**run.pop("optimizer"), "param_groups": groups})

@@ -105,7 +105,7 @@ MUTANTS = [
     ),
     (
         "M8b",
-        "the vLLM sampler drops the stop string from the text",
+        "vLLM asked to drop the stop string from its own text (the Completion's comes from tokens)",
         "            include_stop_str_in_output=True,",
         "            include_stop_str_in_output=False,",
         [SAMPLERS],
@@ -120,7 +120,14 @@ MUTANTS = [
     (
         "M10",
         "the HF sampler keeps the pads after a row's EOS",
-        "        ids = ids[:cut]",
+        "if t in self.stop_ids), len(ids))]",
+        "if t in self.stop_ids and False), len(ids))]",
+        [SAMPLERS],
+    ),
+    (
+        "M13",
+        "the HF sampler keeps the pads after a row's stop string",
+        "        ids = ids[:body] if any(s in text for s in self.stop_strings) else ids",
         "        ids = ids",
         [SAMPLERS],
     ),

@@ -158,11 +158,6 @@ def test_hf_completions_end_at_their_first_stop_token(varied):
         assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HFSampler cuts a row only at a stop id: after a stop string it keeps the pad tokens "
-    "generate() writes (here every row is as long as the longest)",
-)
 def test_hf_completions_end_at_their_stop_string(varied):
     """With the r1 template a row that wrote "</answer>" is finished: its completion must hold the
     tokens up to the stop string and not the padding after it."""

@@ -203,9 +203,7 @@ def mapping_table():
 
 
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(Config)}
-# A drgrpo.py whose Config lacks fused_head (it came with the fused LM head) is tolerated: the
-# table's row for it is matched against Config's fields, so there it is simply not counted
-PLACED = CONFIG_FIELDS | {"fused_head"}
+PLACED = CONFIG_FIELDS
 TRL_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}
 
 
@@ -248,11 +246,12 @@ def test_the_mapping_the_script_implements_is_the_table(recipe):
 
 
 def test_algo_presets_and_refusals(recipe):
-    for algo in drgrpo.ALGO_PRESETS:
-        cfg = Config(algo=algo, sampler="hf", dtype="fp32")
-        args = recipe.trl_config(cfg, STOP_IDS)
-        for field in ("scale_rewards", "loss_type"):
-            assert getattr(args, field) == EXPECTED[field](drgrpo.resolve(cfg))
+    # each preset's two toggles, written out (not taken from drgrpo.resolve)
+    presets = {"grpo": ("group", "grpo"), "dr_grpo": ("none", "dr_grpo"), "dapo": ("group", "dapo")}
+    assert set(presets) == set(drgrpo.ALGO_PRESETS)
+    for algo, want in presets.items():
+        args = recipe.trl_config(Config(algo=algo, sampler="hf", dtype="fp32"), STOP_IDS)
+        assert (args.scale_rewards, args.loss_type) == want
     # the paper's recipe on one GPU
     args = recipe.trl_config(Config(sampler="hf", dtype="fp32"), STOP_IDS)
     sizes = (args.max_completion_length, args.generation_batch_size)

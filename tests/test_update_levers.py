@@ -33,7 +33,9 @@ def plain_logprobs(model, batch):
         ids = torch.tensor([s.prompt_ids + s.completion.token_ids])
         logits = model(input_ids=ids).logits[0, :-1].float()
         lp = torch.log_softmax(logits, -1)
-        a, b = drgrpo.span(s)
+        # position t's logits predict token t + 1: the response's tokens from the prompt's last
+        a = len(s.prompt_ids) - 1
+        b = a + len(s.completion.token_ids)
         logp.append(lp[a:b].gather(1, ids[0, a + 1 : b + 1, None]).squeeze(1))
         entropy.append(-(lp[a:b].exp() * lp[a:b]).sum(-1))
     return logp, entropy

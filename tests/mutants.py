@@ -245,11 +245,11 @@ def run_mutant(name, old, new, tests):
 
 
 def main(argv):
-    chosen = [m for m in MUTANTS if not argv or m[0] in argv or argv == ["--list"]]
     if argv == ["--list"]:
-        for name, what, _, _, tests in chosen:
+        for name, what, _, _, tests in MUTANTS:
             print(f"{name:>4}  {what}\n      {' '.join(tests)}")
         return 0
+    chosen = [m for m in MUTANTS if not argv or m[0] in argv]
     missed = []
     for name, what, old, new, tests in chosen:
         t = time.time()

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from test_e2e import tiny_cfg
 
 import drgrpo
 
@@ -117,26 +118,8 @@ def test_group_sampling_g_per_prompt_and_length_cutoff(tiny):
 
 
 def run_metrics(tiny, name, steps=3, **kw):
-    cfg = drgrpo.Config(
-        **{
-            **dict(
-                model=tiny["model"],
-                train_data=tiny["data"],
-                out_dir=str(tiny["dir"] / name),
-                sampler="vllm",
-                group_size=4,
-                prompts_per_rollout=4,
-                max_new_tokens=16,
-                lr=3e-2,
-                train_batch_size=16,
-                micro_batch_size=8,
-                steps=steps,
-                gradient_checkpointing=False,
-                save_every=0,
-            ),
-            **kw,
-        }
-    )
+    vllm = dict(out_dir=str(tiny["dir"] / name), sampler="vllm", lr=3e-2, steps=steps)
+    cfg = tiny_cfg(tiny, **{**vllm, "train_batch_size": 16, "micro_batch_size": 8, **kw})
     drgrpo.train(cfg)
     gc.collect()
     return [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]

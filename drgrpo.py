@@ -272,9 +272,9 @@ class HFSampler:
         return out
 
     def completion(self, ids, max_new_tokens):
-        # generate() pads a row once it stops: cut after its stop token, or its stop string's
+        # generate() pads a row after it stops: keep it up to its stop token or stop string
         ids = ids[: next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))]
-        body = len(ids)  # without the pads at its end (after a stop string, only pads follow)
+        body = len(ids)  # the row less its trailing pads (a stop string is followed by pads)
         while body > 1 and ids[body - 1] == self.tokenizer.pad_token_id:
             body -= 1
         text = self.tokenizer.decode(ids[:body], skip_special_tokens=True)

@@ -98,17 +98,16 @@ class Config:
     gradient_checkpointing: bool = knob(True, "recompute activations in backward (long responses)")
     save_every: int = knob(50, "checkpoint every N steps (and at the end); 0 = only at the end")
     keep_checkpoints: int = knob(2, "keep the newest N checkpoints (0: all); each ~3x the weights")
-    resume: str = knob(
-        "auto", "auto: out_dir's newest checkpoint | never: delete them and start over | PATH"
-    )
+    resume: str = knob("auto", "auto: out_dir's newest checkpoint | never: start over | PATH")
     eval_size: int = knob(0, "evaluate only the first N problems of each file (0 = all)")
     r1_strict: bool = knob(True, "r1 template: grade 0 unless the response has '</think> <answer>'")
-    eval_n: int = knob(
-        1, "eval: 1 = greedy (paper); K > 1: K samples at --temperature, pass@k", "n"
-    )
+    eval_n: int = knob(1, "eval: 1 = greedy (paper); K > 1: K samples, avg@K and pass@k", "n")
+    eval_grade_cut: bool = knob(True, "eval grades a response cut at max_new_tokens (paper)")
     eval_every: int = knob(0, "evaluate --eval_data every N steps, into metrics.jsonl (0: never)")
     grade_workers: int = knob(4, "processes that grade responses (model output is untrusted)")
     grade_timeout: float = knob(10.0, "seconds a response; past it: grader killed, 0 reward")
+    log_rollouts: int = knob(16, "responses a step (whole groups) to rollouts.jsonl; -1: all")
+    doctor: bool = knob(True, "stop a run that cannot learn, saying why (appendix E)")
 
 
 ALGO_PRESETS = {  # algo -> (adv_norm, loss_agg)
@@ -628,21 +627,21 @@ def train(cfg):
         # 5. Sync: the next rollout must come from the updated policy.
         sync_s = sampler.sync(work)
         times.append(time.time())
-        # 6. Log, and save when it is time (or when the run has to stop).
-        m = {"step": step, **rollout_metrics(groups, rewards), **timings(times, samples)}
-        m |= update_metrics(cfg, samples, step_stats) | {"sync_s": sync_s}
+        # 6. Log the numbers and what was sampled; the doctor stops a run that cannot learn.
+        m = {"step": step, **rollout_metrics(groups, rewards, cfg.template)}
+        m |= timings(times, samples) | update_metrics(cfg, samples, step_stats) | {"sync_s": sync_s}
         m["grade_failures"] = grade_failures
         if cfg.eval_every and step % cfg.eval_every == 0:  # held-out accuracy, in the same line
             m |= eval_metrics(cfg, model, tokenizer, sampler=sampler)
         log_metrics(metrics_path, m, bar)
-        all_skipped = m["skipped_updates"] == 1  # every update of this step had a NaN gradient
-        run.update(step=step, bad_steps=run["bad_steps"] + 1 if all_skipped else 0)
-        broken = run["bad_steps"] >= 3  # one NaN batch is noise; 3 steps in a row, a broken run
-        last = broken or stop.signal or step == cfg.steps
+        log_rollouts(cfg, step, rows, groups=groups, rewards=rewards, advantages=advantages)
+        run.update(step=step, history=[*run["history"], m][-DOCTOR_WINDOW:])
+        sick = diagnose(cfg, run["history"])  # None, or (the cause and its fix, an exit code)
+        last = sick or stop.signal or step == cfg.steps
         if last or (cfg.save_every and step % cfg.save_every == 0):
             ckpt = save_run(cfg, run, model, tokenizer=tokenizer, optimizer=optimizer, rng=rng)
         if last:
-            stop.finish(step, ckpt, cfg.resume, broken=broken)  # raises if it ends before --steps
+            stop.finish(step, ckpt, cfg.resume, sick=sick)  # raises if it ends before --steps
     print(f"metrics: {metrics_path}\ncheckpoint: {ckpt}")
     return ckpt
 
@@ -654,7 +653,11 @@ class UserError(Exception):
 
 
 class TrainingStopped(Exception):
-    """Gradients keep being NaN (the weights are saved first): exit code 3."""
+    """The doctor found that the run cannot learn (appendix E), after saving: exit code 3-8."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
 
 
 class Terminated(Exception):
@@ -919,10 +922,14 @@ def grade_batch(items, workers=4, timeout=10.0):
     return grades, failed
 
 
-def grade_groups(cfg, rows, groups):
-    """The grades of each row's responses (a list per row), by grade_batch, and how many failed."""
+def grade_groups(cfg, rows, groups, cut_scores_0=True):
+    """The grades of each row's responses (a list per row), by grade_batch, and how many failed.
+    cut_scores_0: a response cut at max_new_tokens scores 0 (training), else it is graded."""
     pairs = [(c, r["golds"]) for r, group in zip(rows, groups, strict=True) for c in group]
-    items = [(c.text, golds, cfg.template, c.truncated, cfg.r1_strict) for c, golds in pairs]
+    cut = [c.truncated and cut_scores_0 for c, _ in pairs]
+    items = [
+        (c.text, g, cfg.template, x, cfg.r1_strict) for (c, g), x in zip(pairs, cut, strict=True)
+    ]
     flat, failed = grade_batch(items, cfg.grade_workers, cfg.grade_timeout)
     return torch.tensor(flat).view(len(groups), -1).tolist(), failed
 
@@ -977,7 +984,7 @@ def resume_point(cfg):
     newest = found[-1][1] if found else None
     ckpt = {"auto": newest, "never": None, "no": None}.get(cfg.resume, cfg.resume)
     if not ckpt:
-        return None, dict(step=0, order=[], cursor=0, bad_steps=0)
+        return None, dict(step=0, order=[], cursor=0, history=[])
     if not os.path.isfile(os.path.join(ckpt, STATE)):
         raise UserError(f"--resume {ckpt}: not a checkpoint of this trainer (no {STATE} in it)")
     return ckpt, torch.load(os.path.join(ckpt, STATE), map_location="cpu", weights_only=True)
@@ -999,11 +1006,12 @@ def forget_after(cfg, step):
     for s, path in checkpoints(cfg.out_dir):
         if s > step:
             shutil.rmtree(path)
-    path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    with open(path, "a+b") as f:
-        f.seek(0)  # the lines are in step order: the kept ones are a prefix
-        kept = [line for line in f if line.endswith(b"\n") and json.loads(line)["step"] <= step]
-        f.truncate(sum(map(len, kept)))
+    for name in ("rollouts.jsonl", "metrics.jsonl"):
+        path = os.path.join(cfg.out_dir, name)
+        with open(path, "a+b") as f:
+            f.seek(0)  # the lines are in step order: the kept ones are a prefix
+            kept = [x for x in f if x.endswith(b"\n") and json.loads(x)["step"] <= step]
+            f.truncate(sum(map(len, kept)))
     return path
 
 
@@ -1034,13 +1042,12 @@ class StopRequest:
         message = f"saving a checkpoint after this step ({name} again to abort now)"
         os.write(2, f"\ndrgrpo: {name}: {message}\n".encode())  # not print(): tqdm may be writing
 
-    def finish(self, step, ckpt, resume, broken=False):
+    def finish(self, step, ckpt, resume, sick=None):
         """The last step is done: put the handlers back, and raise what ends the run early."""
         for s, before in self.before.items():
             signal.signal(s, before)
-        if broken:
-            why = "every update of the last 3 steps had a non-finite gradient and was skipped"
-            raise TrainingStopped(f"step {step}: {why}; the unchanged weights are in {ckpt}")
+        if sick:
+            raise TrainingStopped(f"step {step}: {sick[0]}; checkpoint: {ckpt}", sick[1])
         how = "run the same command to resume" if resume == "auto" else "resume with --resume auto"
         if self.signal:
             kind = KeyboardInterrupt if self.signal == SIGINT else Terminated
@@ -1242,11 +1249,11 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else None  # None: null in JSON, no data
 
 
-def rollout_metrics(groups, rewards):
+def rollout_metrics(groups, rewards, template):
     """Diagnostics of one rollout; the paper's key one is right vs wrong response length (Fig. 1).
 
     >>> m = rollout_metrics([[Completion([0] * 4, "", False), Completion([0] * 10, "", True)]],
-    ...                     torch.tensor([[1., 0.]]))
+    ...                     torch.tensor([[1., 0.]]), "none")
     >>> m["len_correct"], m["len_incorrect"], m["truncated_frac"], m["zero_std_group_frac"]
     (4.0, 10.0, 0.5, 0.0)
     """
@@ -1259,6 +1266,7 @@ def rollout_metrics(groups, rewards):
         "len_correct": mean([n for n, x in zip(lens, r, strict=True) if x > 0]),
         "len_incorrect": mean([n for n, x in zip(lens, r, strict=True) if x <= 0]),
         "truncated_frac": mean([float(c.truncated) for c in flat]),
+        "answer_frac": mean([float(extract_answer(c.text, template) is not None) for c in flat]),
         "zero_std_group_frac": (rewards.std(dim=1, correction=0) == 0).float().mean().item(),
         "all_correct_group_frac": (rewards.min(dim=1).values > 0).float().mean().item(),
         "all_wrong_group_frac": (rewards.max(dim=1).values <= 0).float().mean().item(),
@@ -1295,6 +1303,75 @@ def log_metrics(path, m, bar):
     bar.set_postfix({k: round(m[k], 4) for k in ("reward", "len_mean", "loss")})
 
 
+def response_records(cfg, rows, groups, rewards, advantages=None):
+    """A JSON line per prompt: its problem and gold answers, and each response with its answer,
+    length and reward (and, in training, advantage). rollouts.jsonl and eval_responses.jsonl."""
+    out = []
+    for i, (row, group) in enumerate(zip(rows, groups, strict=True)):
+        out.append(dict(problem=row["problem"], golds=row["golds"], responses=[]))
+        for j, c in enumerate(group):
+            answer = extract_answer(c.text, cfg.template)
+            r = dict(text=c.text, answer=answer, tokens=len(c.token_ids), truncated=c.truncated)
+            r["reward"] = rewards[i][j]
+            if advantages is not None:
+                r["advantage"] = advantages[i][j]
+            out[-1]["responses"].append(r)
+    return out
+
+
+def log_rollouts(cfg, step, rows, groups, rewards, advantages):
+    """The step's first --log_rollouts responses, whole groups, into rollouts.jsonl: a line per
+    prompt. The prompts come in the data's shuffled order: a random sample, the same on a resume."""
+    n = len(groups) if cfg.log_rollouts < 0 else math.ceil(cfg.log_rollouts / cfg.group_size)
+    records = response_records(cfg, rows[:n], groups[:n], rewards.tolist(), advantages.tolist())
+    with open(os.path.join(cfg.out_dir, "rollouts.jsonl"), "a") as f:
+        f.writelines(json.dumps(dict(step=step) | r) + "\n" for r in records)
+
+
+# The doctor: after every step, can this run learn? Each check reads the last DOCTOR_WINDOW steps,
+# so that one odd step (a batch of hard problems) never stops a run. The healthy demo runs stay far
+# from every threshold: at most 1.3% of responses cut, all with an answer, at most 79% of groups all
+# right or all wrong, a logprob_gap of 1e-7, no grading failure.
+DOCTOR_WINDOW = 3  # steps
+MOST_CUT = 0.9  # share of responses cut at --max_new_tokens (a default of 256 can cut 97-99%)
+FEW_ANSWERED = 0.05  # share of responses with an answer to grade
+OFF_POLICY_GAP = 0.1  # nats: mean |sampler - trainer| log-prob a token (fp32 engines: 1e-7)
+MOST_FAILED = 0.5  # share of responses whose grading timed out or crashed
+
+
+def diagnose(cfg, history):
+    """Why the last DOCTOR_WINDOW steps (metrics.jsonl lines) could not teach the model, and what
+    to do: -> (one line, an exit code), or None (healthy, too few steps, or --doctor false)."""
+    if not cfg.doctor or len(history) < DOCTOR_WINDOW:
+        return None
+    avg = {k: mean([m[k] for m in history if m.get(k) is not None]) for k in history[-1]}
+    cut, answered, gap = avg["truncated_frac"], avg["answer_frac"], avg["logprob_gap"] or 0.0
+    failed = avg["grade_failures"] / (cfg.prompts_per_rollout * cfg.group_size)
+    form = "<answer> </answer>" if cfg.template == "r1" else "a \\boxed{}"
+    right, wrong = avg["all_correct_group_frac"] == 1, avg["all_wrong_group_frac"] == 1
+    same = "right" if right else "wrong" if wrong else "right or all wrong"
+    hard = "easy" if right else "hard" if wrong else "easy or too hard"
+    last = f"in the last {DOCTOR_WINDOW} steps"
+    if avg["skipped_updates"] == 1:
+        return f"every update {last} had a non-finite gradient and was skipped: lower --lr", 3
+    if cut >= MOST_CUT:
+        why = f"{cut:.0%} of responses {last} were cut at --max_new_tokens {cfg.max_new_tokens}"
+        return f"{why}, and a cut response scores 0: raise --max_new_tokens", 4
+    if answered <= FEW_ANSWERED:
+        why = f"only {answered:.0%} of responses {last} had an answer to grade ({form})"
+        return f"{why}: is --template {cfg.template} the format this model answers in?", 5
+    if avg["zero_std_group_frac"] == 1:
+        why = f"every group {last} was all {same}: every advantage is 0, nothing to learn"
+        return f"{why}; the problems are too {hard} for this model", 6
+    if gap > OFF_POLICY_GAP:
+        why = f"the sampler's log-probs {last} were {gap:.3f} from the trainer's (off-policy)"
+        return f"{why}: a stale engine (a broken weight sync), or another --temperature/--top_p", 7
+    if failed >= MOST_FAILED:
+        why = f"{failed:.0%} of responses {last} timed out or crashed the grader"
+        return f"{why}: raise --grade_timeout or --grade_workers", 8
+    return None
+
+
 # --- F. Held-out evaluation (`eval`, paper Table 4) and the training curves (`plot`) -------------
 def evaluate(cfg, model, tokenizer, sampler=None, n=1, temperature=0.0):
     """Each --eval_data file answered by the training code's sampler and graded by its grader.
@@ -1304,27 +1381,50 @@ def evaluate(cfg, model, tokenizer, sampler=None, n=1, temperature=0.0):
     sets = {name: rows[: cfg.eval_size or None] for name, rows in sets.items()}
     if sampler is None:
         sampler = make_sampler(cfg, model, tokenizer, rows=[r for s in sets.values() for r in s])
-    table, records = {}, []
+    table, records, resampled = {}, [], []
     for name, rows in sets.items():
         prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
         groups = sampler.generate(
             prompts, n, cfg.max_new_tokens, temperature=temperature, top_p=cfg.top_p, seed=cfg.seed
         )
-        grades, failed = grade_groups(cfg, rows, groups)
-        table[name] = rollout_metrics(groups, torch.tensor(grades)) | {"grade_failures": failed}
-        table[name] |= {"n_problems": len(rows), "samples_per_problem": n}
+        grades, failed = grade_groups(cfg, rows, groups, cut_scores_0=not cfg.eval_grade_cut)
+        r = table[name] = rollout_metrics(groups, torch.tensor(grades), cfg.template)
+        r |= {"grade_failures": failed, "n_problems": len(rows), "samples_per_problem": n}
+        seed = cfg.seed * 1000 + len(resampled)  # each benchmark its own draws: independent
+        resampled.append(bootstrap(torch.tensor(grades), seed=seed))
+        r["accuracy_ci"] = interval(resampled[-1])
         for k in [k for k in (2, 4, 8, 16, 32, 64, 128, 256) if k <= n]:
-            table[name][f"pass@{k}"] = mean([pass_at_k(n, int(sum(g)), k) for g in grades])
-        for row, group, graded in zip(rows, groups, grades, strict=True):
-            responses = [
-                dict(text=c.text, grade=x, tokens=len(c.token_ids), truncated=c.truncated)
-                for c, x in zip(group, graded, strict=True)
-            ]
-            records.append(dict(benchmark=name, problem=row["problem"], golds=row["golds"]))
-            records[-1]["responses"] = responses
-    numeric = [k for k in table[name] if all(isinstance(t[k], float) for t in table.values())]
+            r[f"pass@{k}"] = mean([pass_at_k(n, int(sum(g)), k) for g in grades])
+        r |= {f"avg@{n}": r["accuracy"]} if n > 1 else {}  # mean accuracy over the n samples
+        records += [{"benchmark": name} | x for x in response_records(cfg, rows, groups, grades)]
+    numeric = [k for k in r if all(isinstance(t[k], float) for t in table.values())]
     table["average"] = {k: mean([t[k] for t in table.values()]) for k in numeric}
+    # The average's interval: each benchmark resampled, then averaged, as the average itself.
+    table["average"]["accuracy_ci"] = interval(torch.stack(resampled).mean(dim=0))
     return table, records
+
+
+def bootstrap(grades, seed=0, resamples=4000):
+    """The accuracy of grades [problems, K samples] on `resamples` resamples of the problems,
+    drawn with replacement; with K > 1, each problem's samples drawn again too (K draws at its
+    accuracy p: Binomial(K, p) / K). AIME24 has 30 problems: 9 right is 30.0%, and its 95%
+    interval spans 33 points, from 13.3 to 46.7.
+
+    >>> [round(x, 3) for x in interval(bootstrap(torch.tensor([[1.0]] * 9 + [[0.0]] * 21)))]
+    [0.133, 0.467]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n, k = grades.shape
+    pick = torch.randint(n, (resamples, n), generator=generator)  # [resamples, n]
+    p = grades.float().mean(dim=1)[pick]  # each resampled problem's accuracy
+    if k > 1:
+        p = torch.binomial(torch.full_like(p, k), p, generator=generator) / k
+    return p.mean(dim=1)  # [resamples]
+
+
+def interval(resampled):
+    """The central 95% of resampled accuracies: (low, high)."""
+    return tuple(torch.quantile(resampled, torch.tensor([0.025, 0.975])).tolist())
 
 
 def eval_metrics(cfg, model, tokenizer, sampler):  # evaluate() for --eval_every's metrics
@@ -1357,17 +1457,24 @@ def run_eval(cfg):
     model = working_copy(model, dtype, True)  # bf16 on a GPU, as training samples (HF sampler)
     n, temperature = cfg.eval_n, (cfg.temperature if cfg.eval_n > 1 else 0.0)
     table, records = evaluate(cfg, model, tokenizer, n=n, temperature=temperature)
-    cols = ["accuracy", "len_mean", "truncated_frac"] + [k for k in table["average"] if "@" in k]
-    print(f"{'benchmark':>16s} | {'n':>5s} | " + " | ".join(f"{c:>14s}" for c in cols))
+    cols = ["len_mean", "truncated_frac"] + [k for k in table["average"] if "pass@" in k]
+    accuracy = f"{f'avg@{n}' if n > 1 else 'accuracy'} (95% CI)"
+    print(
+        f"{'benchmark':>16s} | {'n':>5s} | {accuracy:>16s} | "
+        + " | ".join(f"{c:>14s}" for c in cols)
+    )
     for name, r in table.items():
         if r.get("grade_failures"):
             why = "grading took over --grade_timeout or crashed"
             print(f"warning: {name}: {r['grade_failures']} responses scored 0: {why}")
-        cells = [f"{r[c]:14.1f}" if c == "len_mean" else f"{100 * r[c]:13.1f}%" for c in cols]
+        low, high = r["accuracy_ci"]
+        cells = [f"{100 * r['accuracy']:9.1f} ± {50 * (high - low):4.1f}"]
+        cells += [f"{r[c]:14.1f}" if c == "len_mean" else f"{100 * r[c]:13.1f}%" for c in cols]
         print(f"{name:>16s} | {r.get('n_problems', ''):>5} | " + " | ".join(cells))
     with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
         settings = dict(model=cfg.model, template=cfg.template, max_new_tokens=cfg.max_new_tokens)
-        json.dump(settings | dict(temperature=temperature, results=table), f, indent=2)
+        settings |= dict(temperature=temperature, grade_cut=cfg.eval_grade_cut, results=table)
+        json.dump(settings, f, indent=2)
     with open(os.path.join(cfg.out_dir, "eval_responses.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     print(f"wrote {cfg.out_dir}/eval.json and {cfg.out_dir}/eval_responses.jsonl")
@@ -1430,7 +1537,7 @@ def parse_args(argv=None):
 
 EXITS = {  # what ends a run early -> how main() reports it: one line, and an exit code
     UserError: ("error:", 2),
-    TrainingStopped: ("stopped:", 3),
+    TrainingStopped: ("stopped:", 3),  # its own code: one for each cause
     KeyboardInterrupt: ("interrupted", 130),
     Terminated: ("interrupted", 143),
 }
@@ -1442,6 +1549,7 @@ def main(argv=None):
         return {"train": train, "eval": run_eval, "plot": plot}[mode](args)
     except tuple(EXITS) as e:  # an interruption says where its checkpoint is
         what, code = EXITS[type(e)]
+        code = getattr(e, "code", code)
         print(f"drgrpo: {what} {e}".rstrip(), file=sys.stderr)
         sys.exit(code)
 

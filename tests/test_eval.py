@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import drgrpo
 
@@ -67,7 +68,7 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
             and all(len(r["responses"]) == n for r in mine)
             and results[name]["grade_failures"] == 0
         )
-        grades = [[x["grade"] for x in r["responses"]] for r in mine]
+        grades = [[x["reward"] for x in r["responses"]] for r in mine]
         assert results[name]["accuracy"] == pytest.approx(sum(map(sum, grades)) / (20 * n))
         tokens = [x["tokens"] for r in mine for x in r["responses"]]
         assert results[name]["len_mean"] == pytest.approx(sum(tokens) / len(tokens))
@@ -76,14 +77,70 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
                 assert results[name][f"pass@{k}"] == pytest.approx(
                     sum(pass_at_k(n, int(sum(g)), k) for g in grades) / 20
                 )
-        for r in mine:  # each stored grade is what the grader says of the stored text
+        for r in mine:  # each stored grade is the grader's, a cut response graded as written
             for x in r["responses"]:
-                assert x["grade"] == drgrpo.grade(
-                    x["text"], r["golds"], "qwen_math", x["truncated"]
-                )
+                assert x["reward"] == drgrpo.grade(x["text"], r["golds"], "qwen_math")
+        low, high = results[name]["accuracy_ci"]
+        assert low <= results[name]["accuracy"] <= high and high - low > 0
+        assert (f"avg@{n}" in results[name]) == (n > 1)
     avg = results["average"]["accuracy"]
+    low, high = results["average"]["accuracy_ci"]
+    assert low <= avg <= high and high - low < max(
+        h - lo for lo, h in (results[s]["accuracy_ci"] for s in ("set_a", "set_b"))
+    )  # two sets: a narrower interval
     assert avg == pytest.approx((results["set_a"]["accuracy"] + results["set_b"]["accuracy"]) / 2)
     assert not math.isnan(avg)
+    printed_avg = next(line for line in printed.splitlines() if line.strip().startswith("average"))
+    assert f"{100 * avg:.1f} ± {50 * (high - low):.1f}" in printed_avg
+
+
+def test_bootstrap_hand_computed_cases():
+    """Two problems, one right: a resample holds 0, 1 or 2 right ones with probability 1/4, 1/2,
+    1/4, so its accuracy is 0, 0.5 or 1 and the central 95% spans [0, 1]. One problem with two
+    samples, one right: resampling problems alone never moves (always that problem), resampling
+    its samples gives 0, 0.5, 1 as above. All right: [1, 1]."""
+    boot = drgrpo.bootstrap
+    acc = boot(torch.tensor([[1.0], [0.0]]), seed=0)
+    shares = [(acc == v).float().mean().item() for v in (0.0, 0.5, 1.0)]
+    assert shares == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+    assert drgrpo.interval(acc) == (0.0, 1.0)
+    acc = boot(torch.tensor([[1.0, 0.0]]), seed=0)
+    shares = [(acc == v).float().mean().item() for v in (0.0, 0.5, 1.0)]
+    assert shares == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+    assert drgrpo.interval(boot(torch.tensor([[1.0]] * 5))) == (1.0, 1.0)
+    # 100 problems, half right: the normal approximation's 95% interval is 0.5 +- 1.96 x 0.05
+    low, high = drgrpo.interval(boot(torch.tensor([[1.0]] * 50 + [[0.0]] * 50), seed=3))
+    assert low == pytest.approx(0.402, abs=0.02) and high == pytest.approx(0.598, abs=0.02)
+    # seeded: the same numbers again, other ones under another seed
+    grades = torch.tensor([[1.0, 0.0, 1.0]] * 7 + [[0.0, 0.0, 1.0]] * 6)
+    assert torch.equal(boot(grades, seed=1), boot(grades, seed=1))
+    assert not torch.equal(boot(grades, seed=1), boot(grades, seed=2))
+
+
+def test_eval_grades_cut_responses_unless_asked_not_to(tiny, tmp_path):
+    """The paper's evaluation grades whatever was generated; --eval_grade_cut false scores a cut
+    response 0, as training always does. The tiny model answers in ~10 tokens: cut at 9."""
+    data = tmp_path / "q.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"problem": f"Pick 1 or 2{'!' * k}", "answer": "1"}) + "\n"
+            for k in range(1, 9)
+        )
+    )
+    results = {}
+    for cut in ("true", "false"):
+        out = tmp_path / cut
+        args = ["eval", "--model", tiny["model"], "--eval_data", str(data), "--sampler", "hf"]
+        drgrpo.main(
+            args + ["--max_new_tokens", "9", "--eval_grade_cut", cut, "--out_dir", str(out)]
+        )
+        results[cut] = [json.loads(line) for line in open(out / "eval_responses.jsonl")]
+    graded = [x for r in results["true"] for x in r["responses"]]
+    cut_right = [x for x in graded if x["truncated"] and x["reward"] == 1.0]
+    assert cut_right, "no cut response with a right answer: the test shows nothing"
+    zeroed = [x for r in results["false"] for x in r["responses"]]
+    assert [x["text"] for x in zeroed] == [x["text"] for x in graded]  # greedy: the same text
+    assert all(x["reward"] == 0.0 for x in zeroed if x["truncated"])
 
 
 def test_eval_every_logs_held_out_numbers_during_training(tiny):

@@ -83,9 +83,11 @@ def metrics(cfg):
 
 
 def assert_same_run(cfg, ref):
-    """Every non-timing metric of every step equal (exactly, ==), and the final
-    weights and Adam state bit-equal."""
+    """Every non-timing metric of every step equal (exactly, ==), every logged response, and the
+    final weights and Adam state bit-equal."""
     got, want = metrics(cfg), metrics(ref)
+    rollouts = [open(os.path.join(c.out_dir, "rollouts.jsonl")).read() for c in (cfg, ref)]
+    assert rollouts[0] == rollouts[1] and rollouts[0].count("\n") == ref.steps * 2  # 16 / G
     assert [m["step"] for m in got] == list(range(1, ref.steps + 1))
     assert [{k: v for k, v in m.items() if k not in TIMING} for m in got] == [
         {k: v for k, v in m.items() if k not in TIMING} for m in want
@@ -125,13 +127,16 @@ def test_killed_mid_step_resumes_to_exactly_the_unbroken_run(reference, tmp_path
     # line, a half-written checkpoint
     with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
         f.write('{"step": 4, "rew')
+    with open(os.path.join(cfg.out_dir, "rollouts.jsonl"), "a") as f:
+        f.write('{"step": 4, "prob')
     os.makedirs(os.path.join(cfg.out_dir, "checkpoint-4.tmp"))
     open(os.path.join(cfg.out_dir, "checkpoint-4.tmp", drgrpo.STATE), "w").write("cut short")
     before = signal.getsignal(signal.SIGINT)
     train(cfg)
     assert f"resuming from {ckpt2} (step 2)" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGINT) is before  # train put Ctrl-C back as it was
-    assert sorted(os.listdir(cfg.out_dir)) == ["checkpoint-2", "checkpoint-4", "metrics.jsonl"]
+    files = ["checkpoint-2", "checkpoint-4", "metrics.jsonl", "rollouts.jsonl"]
+    assert sorted(os.listdir(cfg.out_dir)) == files
     assert_same_run(cfg, reference)
     # a finished run says so and changes nothing
     assert train(cfg) == os.path.join(cfg.out_dir, "checkpoint-4")
@@ -251,7 +256,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny, tmp_path,
     with pytest.raises(OSError, match="No space left on device"):
         train(cfg)
     # no .tmp left
-    assert sorted(os.listdir(cfg.out_dir)) == ["checkpoint-1", "checkpoint-2", "metrics.jsonl"]
+    files = ["checkpoint-1", "checkpoint-2", "metrics.jsonl", "rollouts.jsonl"]
+    assert sorted(os.listdir(cfg.out_dir)) == files
     assert before and digest(ckpt2) == before
     monkeypatch.undo()
     train(cfg)  # the disk has room again: go on from step 2

@@ -12,7 +12,8 @@ It runs, and prints, exactly these steps (nothing here is RL code: that is all i
                                                               only --algo differs
   4. python drgrpo.py eval --model runs/demo/<algo>/checkpoint-N   ... and after
   5. python drgrpo.py plot runs/demo/dr_grpo runs/demo/grpo    the curves, runs/demo/curves.png
-then writes runs/demo/summary.json.
+then prints a typical wrong training response of each run's first and last step (from each run's
+rollouts.jsonl) and writes runs/demo/summary.json.
 """
 
 import json
@@ -61,6 +62,9 @@ TRAIN = [
     # `make demo` again trains again
     "--resume",
     "never",
+    # every sampled response to rollouts.jsonl: the wrong ones shown after the tables come from it
+    "--log_rollouts",
+    "-1",
 ]
 
 
@@ -99,6 +103,120 @@ def curve_figures(run_dir, n, max_new):
         "truncated_frac": mean("truncated_frac", lines),
         "truncated_frac_last5": mean("truncated_frac", last5),
     }
+
+
+def read_rollouts(run_dir):
+    """The parsed lines of a run's rollouts.jsonl, one sampled response each; [] when the run
+    logged none (--log_rollouts 0)."""
+    path = os.path.join(run_dir, "rollouts.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def typical_wrong(rollouts, step):
+    """The wrong response (reward 0) of `step` whose token count is the closest to the mean
+    token count of that step's wrong responses; of equally close ones, the first in file order.
+    None when the step has no wrong response. Correct responses are left out: the lesson is
+    about the length of wrong ones (the paper's Fig. 1). Returns the rollouts.jsonl line plus
+    the step's mean wrong length and number of wrong responses.
+
+    >>> rows = [
+    ...     {"step": 1, "reward": 0.0, "tokens": 4, "response": "a"},
+    ...     {"step": 1, "reward": 1.0, "tokens": 50, "response": "right"},  # not counted
+    ...     {"step": 1, "reward": 0.0, "tokens": 12, "response": "b"},
+    ...     {"step": 1, "reward": 0.0, "tokens": 9, "response": "c"},
+    ...     {"step": 2, "reward": 1.0, "tokens": 5, "response": "d"},
+    ... ]
+    >>> w = typical_wrong(rows, 1)  # wrong: 4, 12, 9 tokens, mean 8.33: 9 is the closest
+    >>> w["response"], w["tokens"], round(w["mean_incorrect_tokens"], 2), w["n_incorrect"]
+    ('c', 9, 8.33, 3)
+    >>> typical_wrong(rows, 2) is None  # every response of step 2 is right
+    True
+    """
+    # reward <= 0 is what drgrpo.py's len_incorrect counts as wrong
+    wrong = [r for r in rollouts if r["step"] == step and r["reward"] <= 0]
+    if not wrong:
+        return None
+    total, n = sum(r["tokens"] for r in wrong), len(wrong)
+    # |tokens - total/n| scaled by n: integers, so a tie is exact; min() keeps the first of a tie
+    best = min(wrong, key=lambda r: abs(n * r["tokens"] - total))
+    return {**best, "mean_incorrect_tokens": total / n, "n_incorrect": n}
+
+
+def typical_wrongs(rollouts):
+    """typical_wrong() at the first and at the last step a run logged, {step: dict or None};
+    {} when it logged nothing.
+
+    >>> rows = [{"step": s, "reward": 0.0, "tokens": s, "response": "x" * s} for s in (1, 2, 3)]
+    >>> {s: w["response"] for s, w in typical_wrongs(rows).items()}
+    {1: 'x', 3: 'xxx'}
+    >>> typical_wrongs([])
+    {}
+    """
+    if not rollouts:
+        return {}
+    steps = [r["step"] for r in rollouts]
+    return {s: typical_wrong(rollouts, s) for s in (min(steps), max(steps))}
+
+
+def one_line(text, width=300):
+    r"""`text` on one line, at most `width` characters: a newline shown as "⏎", other unprintable
+    characters escaped. A longer text keeps its start and its end (where the answer is), joined
+    by "...".
+
+    >>> print(one_line("10-1=9.\n\\boxed{9}.\t"))
+    10-1=9.⏎\boxed{9}.\t
+    >>> one_line("0123456789" * 3, width=12)
+    '01234567...9'
+    """
+    text = "".join(c if c.isprintable() else "⏎" if c == "\n" else repr(c)[1:-1] for c in text)
+    if len(text) <= width:
+        return text
+    head = width * 2 // 3
+    return text[:head] + "..." + text[len(text) - (width - head - 3) :]
+
+
+def wrong_response_excerpt(examples, width=300):
+    r"""What the demo prints from {algo: typical_wrongs()}: per run, the typical wrong response
+    of its first and its last step, with the step, its token count, the mean over the step's
+    wrong responses, its answer against the gold, and the prompt and response on one line
+    (the response clipped to `width` characters).
+
+    >>> w = {"step": 40, "group": 3, "prompt": "Solve for x: 2x+1=7.", "golds": ["3"],
+    ...      "response": " Guess: I am not sure. It is a guess. \\boxed{2}.", "answer": "2",
+    ...      "tokens": 38, "reward": 0.0, "advantage": -0.5, "truncated": False,
+    ...      "mean_incorrect_tokens": 37.6, "n_incorrect": 120}
+    >>> print(wrong_response_excerpt({"grpo": {1: None, 40: w}, "dr_grpo": {}}))
+    a typical wrong sampled response, first and last RL step (reward 0, length closest to the mean
+    of that step's wrong responses):
+        grpo step  1: no wrong response
+        grpo step 40: 38 tokens (mean of 120 wrong: 37.6), answer 2, gold 3
+                Solve for x: 2x+1=7. -> " Guess: I am not sure. It is a guess. \boxed{2}."
+     dr_grpo: no rollouts.jsonl (--log_rollouts 0)
+    """
+    lines = [
+        "a typical wrong sampled response, first and last RL step (reward 0, length closest to "
+        "the mean",
+        "of that step's wrong responses):",
+    ]
+    for algo, by_step in examples.items():
+        if not by_step:
+            lines.append(f"{algo:>8s}: no rollouts.jsonl (--log_rollouts 0)")
+        for step, w in by_step.items():
+            if w is None:
+                lines.append(f"{algo:>8s} step {step:2d}: no wrong response")
+                continue
+            answer = "no answer" if w["answer"] is None else f"answer {w['answer']}"
+            cut = ", truncated at --max_new_tokens" if w["truncated"] else ""
+            lines += [
+                f"{algo:>8s} step {step:2d}: {w['tokens']} tokens (mean of {w['n_incorrect']} "
+                f"wrong: {w['mean_incorrect_tokens']:.1f}), {answer}, "
+                f"gold {' or '.join(w['golds'])}{cut}",
+                f'{"":12s}{one_line(w["prompt"], 80)} -> "{one_line(w["response"], width)}"',
+            ]
+    return "\n".join(lines)
 
 
 def run(*argv):
@@ -215,6 +333,11 @@ def main(extra):
         "(uncut: incorrect length over the last 5 steps without the responses cut at "
         "--max_new_tokens)"
     )
+    # the lesson in words: GRPO's wrong responses grow long, Dr. GRPO's stay short
+    summary["typical_wrong"] = {
+        algo: typical_wrongs(read_rollouts(os.path.join(root, algo))) for algo in ALGOS
+    }
+    print("\n" + wrong_response_excerpt(summary["typical_wrong"]))
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"total {summary['total_seconds']:.0f}s; summary: {root}/summary.json")

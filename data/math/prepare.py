@@ -1,13 +1,16 @@
 """`make data`: the paper's public training and evaluation sets, downloaded, converted to drgrpo's
-JSONL and checked. Writes data/train_math_lvl3to5.jsonl and
+JSONL and checked. Writes data/train_math_lvl3to5.jsonl, its held-out part
+data/valid_math_lvl3to5.jsonl (for choosing checkpoints without looking at the test sets), and
 data/eval/{aime24,amc,math500,minerva,olympiadbench}.jsonl.
 
-    python data/math/prepare.py
+    python data/math/prepare.py [--valid N]
 """
 
 import json
 import os
+import random
 import sys
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the project root, for drgrpo.py
@@ -66,6 +69,11 @@ PAPER_DATA = {  # file in data/: (url, source name, rows, sha256 of the converte
         "777dbf22c66de3fa54306e9db54e02b21bb4ccca05fa72c53688bfb5638b1cd7",
     ),
 }
+# The file that --valid splits, and the file its held-out rows go to. The checksum above is of the
+# whole converted file: it is checked before the split, and a split already in data/ is checked by
+# joining it back (join_valid).
+SPLIT = {"train_math_lvl3to5.jsonl": "valid_math_lvl3to5.jsonl"}
+VALID = 500  # --valid's default: rows held out, drawn with random.Random(0)
 
 
 def convert_rows(rows, source):
@@ -91,6 +99,60 @@ def convert_rows(rows, source):
     return out
 
 
+def drawable(rows):
+    """[bool] per row: may it be held out? Not a problem that appears twice (stripped, as
+    load_jsonl compares them), which would put a validation problem in the training file, and not
+    a blank answer, which load_jsonl skips."""
+    count = Counter(r["problem"].strip() for r in rows)
+    return [count[r["problem"].strip()] == 1 and bool(str(r["answer"]).strip()) for r in rows]
+
+
+def split_valid(rows, n, seed=0):
+    """-> (train_rows, valid_rows): n rows drawn with random.Random(seed) among the drawable ones
+    are held out; each part keeps the original order. The same rows, n and seed give the same split.
+
+    >>> rows = [{"problem": p, "answer": "1"} for p in "abcdef"]
+    >>> train, valid = split_valid(rows, 2)
+    >>> "".join(r["problem"] for r in train), "".join(r["problem"] for r in valid)
+    ('abce', 'df')
+    >>> split_valid(rows, 0) == (rows, [])
+    True
+    """
+    pool = [i for i, ok in enumerate(drawable(rows)) if ok]
+    if not 0 <= n <= len(pool):
+        raise UserError(
+            f"cannot hold out {n} rows: {len(pool)} have a distinct problem and an answer"
+        )
+    # positions in the pool, not row indices: join_valid can redraw them from the two parts
+    held = {pool[k] for k in random.Random(seed).sample(range(len(pool)), n)}
+    return (
+        [r for i, r in enumerate(rows) if i not in held],
+        [r for i, r in enumerate(rows) if i in held],
+    )
+
+
+def join_valid(train, valid, seed=0):
+    """split_valid's inverse: the rows in their original order, with each held-out row put back
+    at its draw's position. Where a held-out row sat just after a row that cannot be drawn (a
+    repeat, a blank answer) the two come back swapped; the caller's checksum catches that.
+
+    >>> rows = [{"problem": p, "answer": "1"} for p in "abcdef"]
+    >>> join_valid(*split_valid(rows, 2)) == rows
+    True
+    """
+    can = drawable(train + valid)  # the same counts as over the original rows
+    held = set(random.Random(seed).sample(range(sum(can)), len(valid)))
+    out, t, v, k = [], 0, 0, 0  # k: the next row's position among the drawable ones
+    for _ in range(len(train) + len(valid)):
+        if (k in held and v < len(valid)) or t == len(train):
+            out.append(valid[v])
+            v, k = v + 1, k + 1
+        else:
+            out.append(train[t])
+            t, k = t + 1, k + can[t]
+    return out
+
+
 def check_converted(name, text):
     """Raise unless `text` has the rows and checksum recorded for PAPER_DATA[name]."""
     import hashlib
@@ -104,18 +166,71 @@ def check_converted(name, text):
         )
 
 
-def download_data(root=DATA):
-    """`make data`: fetch, convert, check and atomically write each file of
-    PAPER_DATA (skipping good ones)."""
+def read_present(root, name):
+    """The converted text of PAPER_DATA[name] as already in `root` with its checksum, or None.
+    For SPLIT's file that is the file alone (written with --valid 0) or joined with its held-out
+    part."""
     import hashlib
+
+    path, sha = os.path.join(root, name), PAPER_DATA[name][3]
+    if not os.path.exists(path):
+        return None
+    text = open(path, "rb").read()
+    if hashlib.sha256(text).hexdigest() == sha:
+        return text.decode()
+    held = name in SPLIT and os.path.join(root, SPLIT[name])
+    if not held or not os.path.exists(held):
+        return None
+    try:
+        train, valid = ([json.loads(line) for line in open(p, "rb")] for p in (path, held))
+        joined = "".join(json.dumps(r) + "\n" for r in join_valid(train, valid))
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return None  # damaged or not ours: download afresh
+    return joined if hashlib.sha256(joined.encode()).hexdigest() == sha else None
+
+
+def write_file(root, name, text):
+    """Atomically write data/{name}, unless it already holds `text`."""
+    path = os.path.join(root, name)
+    if os.path.exists(path) and open(path, "rb").read() == text.encode():
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    print(f"data/{name}: {text.count(chr(10))} problems")
+
+
+def write_data(root, name, text, valid):
+    """Write PAPER_DATA[name]'s checked `text` into `root`: for SPLIT's file, less `valid` rows,
+    which go to its validation file."""
+    if name not in SPLIT:
+        return write_file(root, name, text)
+    held_path = os.path.join(root, SPLIT[name])
+    if not valid:
+        write_file(root, name, text)
+        if os.path.exists(held_path):
+            # left by an earlier split: its problems are in the training file now
+            os.remove(held_path)
+            print(f"data/{SPLIT[name]}: removed (--valid 0)")
+        return
+    train, held = split_valid([json.loads(line) for line in text.splitlines()], valid)
+    write_file(root, name, "".join(json.dumps(r) + "\n" for r in train))
+    write_file(root, SPLIT[name], "".join(json.dumps(r) + "\n" for r in held))
+
+
+def download_data(root=DATA, valid=VALID):
+    """`make data`: fetch, convert, check and atomically write each file of PAPER_DATA (skipping
+    good ones), `valid` rows of SPLIT's file held out into its validation file."""
     import urllib.request
 
     from tqdm import tqdm
 
-    for name, (url, source, _, sha) in PAPER_DATA.items():
-        path = os.path.join(root, name)
-        if os.path.exists(path) and hashlib.sha256(open(path, "rb").read()).hexdigest() == sha:
+    for name, (url, source, _, _) in PAPER_DATA.items():
+        text = read_present(root, name)
+        if text is not None:
             print(f"data/{name}: present, checksum ok")
+            write_data(root, name, text, valid)  # a split of another size is redone here
             continue
         try:
             with urllib.request.urlopen(url, timeout=60) as r:
@@ -146,17 +261,28 @@ def download_data(root=DATA):
             # HF save_to_disk = Arrow IPC stream
             rows = pyarrow.ipc.open_stream(raw).read_all().to_pylist()
         text = "".join(json.dumps(row) + "\n" for row in convert_rows(rows, source))
-        check_converted(name, text)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-        print(f"data/{name}: {text.count(chr(10))} problems")
+        check_converted(name, text)  # the whole file, before any split
+        write_data(root, name, text, valid)
 
 
 if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p.add_argument(
+        "--valid",
+        type=int,
+        default=VALID,
+        metavar="N",
+        help="hold out N problems of the MATH training set, drawn with random.Random(0), as "
+        "data/valid_math_lvl3to5.jsonl, and leave them out of data/train_math_lvl3to5.jsonl "
+        "(default: %(default)s; 0: no split, train on all 8,523 as the paper does)",
+    )
+    args = p.parse_args()
+    if args.valid < 0:
+        p.error(f"--valid must be 0 or more (got {args.valid})")
     try:
-        download_data()
+        download_data(valid=args.valid)
     except UserError as e:
         print(f"prepare.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -48,7 +48,7 @@ eval: install          ## greedy accuracy of MODEL on the paper's five benchmark
 	$(BIN)/python drgrpo.py eval --model $(MODEL) --eval_data $(EVAL) $(ARGS)
 
 data: install          ## download the paper's training set and five evaluation sets into data/ (needs internet)
-	$(BIN)/python data/math/prepare.py
+	$(BIN)/python data/math/prepare.py $(ARGS)
 
 bias: install          ## the toy that shows GRPO's length and difficulty biases (seconds): table + tests/toy_bias.png
 	$(BIN)/python tests/toy_bias.py tests/toy_bias.png

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, fields, replace
-from functools import partial
 from signal import SIGINT, SIGTERM
 
 from tqdm import tqdm
@@ -57,9 +56,7 @@ class Config:
     # left empty takes the preset's value).
     algo: str = knob("dr_grpo", "preset for the two toggles below: grpo | dr_grpo | dapo")
     adv_norm: str = knob("", "group: / the group's std (GRPO) | batch | none (Dr. GRPO)")
-    loss_agg: str = knob(
-        "", "seq_mean_token_mean (GRPO) | token_mean (DAPO) | seq_mean_token_sum_norm (Dr. GRPO)"
-    )
+    loss_agg: str = knob("", "seq_mean_token_mean (GRPO) | token_mean | seq_mean_token_sum_norm")
     loss_norm_const: int = knob(0, "Dr. GRPO's C in sum_t / C; 0: max_new_tokens (reference)")
     # Rollouts.
     group_size: int = knob(8, "G, responses sampled per prompt (paper: 8)")
@@ -76,7 +73,6 @@ class Config:
     train_batch_size: int = knob(128, "responses per optimizer step (paper: 128)")
     micro_batch_size: int = knob(4, "responses per forward/backward: memory, never the math")
     micro_batch_tokens: int = knob(0, "if > 0: micro-batches of up to N padded tokens instead")
-    pack: bool = knob(False, "pack a micro-batch into one row, no pads (CUDA: flash varlen kernel)")
     fused_head: bool = knob(True, "a chunked LM head with its own backward (false: section 7's)")
     epochs_per_rollout: int = knob(1, "passes over each rollout (paper: 1)")
     clip_eps_low: float = knob(0.2, "PPO clip: ratio floor 1-eps (paper Eq. 1: 0.2)")
@@ -226,7 +222,7 @@ class HFSampler:
     current weights, because it samples with the trainer's own model object."""
 
     name = "hf"
-    pad_multiple = None  # StaticCacheHFSampler (appendix D) pads prompts to a multiple of 64 ...
+    pad_multiple = None  # --hf_static_cache (appendix A) pads prompts to a multiple of 64 ...
     cache = None  # ... and asks for a static KV cache
 
     def __init__(self, model, tokenizer, template, batch_size=256):
@@ -441,15 +437,11 @@ def token_logprobs(model, inputs, fused_head=True):
       ids [b, T]             prompt + response tokens of b samples, padded on the right
       response_mask [b, T-1] 1 at the positions whose *next* token is a response token
       where                  (rows, cols) of those n positions: response_mask.nonzero()
-      packed                 None, or the same tokens packed into one row (--pack)
     -> logp, entropy [b, T-1], 0 at prompt and padding positions."""
-    ids, response_mask, where, packed = inputs
-    if packed is None:
-        # The transformer without its LM head: one hidden state per position.
-        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state  # [b, T, d]
-        hidden = hidden[where]  # [n, d]: only the response positions need logits
-    else:  # fast path (appendix D): the same sequences packed into one row, without pads
-        hidden = packed_hidden_states(model, ids, packed)  # [n, d]
+    ids, response_mask, where = inputs
+    # The transformer without its LM head: one hidden state per position.
+    hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state  # [b, T, d]
+    hidden = hidden[where]  # [n, d]: only the response positions need logits
     targets = ids[:, 1:][where]  # [n]: position t's logits predict token t+1
     if fused_head:  # fast path (appendix D): the same numbers, no [n, V] tensor kept
         logp, entropy = fused_head_logprobs(hidden, model.lm_head.weight, targets)
@@ -469,7 +461,7 @@ def token_logprobs(model, inputs, fused_head=True):
 def fill_logprobs(model, samples, cfg, attr, pad_id):
     """Store each response's log-probs under `model` (pi_old or pi_ref) before the update."""
     for mb in micro_batches(samples, cfg):
-        inputs = collate(mb, pad_id, model.device, pack=cfg.pack)
+        inputs = collate(mb, pad_id, model.device)
         logp, _ = token_logprobs(model, inputs, fused_head=cfg.fused_head)
         for i, s in enumerate(mb):
             setattr(s, attr, logp[i, slice(*span(s))])
@@ -493,8 +485,8 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, work=None):
     stats = dict.fromkeys(("loss", "clip_frac", "entropy", "kl"), 0.0)  # GPU tensors: no sync
     by_length = sorted(train_on, key=lambda s: span(s)[1])  # little padding; a sum: any order
     for mb in micro_batches(by_length, cfg):
-        inputs = collate(mb, pad_id, model.device, pack=cfg.pack)
-        ids, response_mask, where, _ = inputs  # [b, T], [b, T-1], n positions
+        inputs = collate(mb, pad_id, model.device)
+        ids, response_mask, where = inputs  # [b, T], [b, T-1], n positions
         logp, entropy = token_logprobs(work, inputs, fused_head=cfg.fused_head)  # [b, T-1] each
         for i, s in enumerate(mb):  # pi_old = pi_theta on the first step (kept: diagnostics)
             if s.old_logp is None:
@@ -574,15 +566,12 @@ def train(cfg):
     ref_model = None  # a frozen copy of the start model, for the KL term (paper: beta = 0)
     if cfg.kl_beta > 0:
         ref_model = working_copy(load_model(cfg.model, device)[0], dtype, True).eval()
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-    )
+    adam = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), **adam)
     rng = random.Random(cfg.seed)  # the data order and each rollout's shuffle
     if ckpt:  # Adam's moments and the random streams: the unbroken run's numbers from here on
         restore(ckpt, run, optimizer=optimizer, rng=rng)
+    policy = dict(model=model, work=work, ref_model=ref_model, optimizer=optimizer, rng=rng)
     sampler = make_sampler(cfg, work, tokenizer, rows=data)
     print_plan(cfg, model, sampler, n_problems=len(data), bf16=dtype is not None)
     metrics_path = forget_after(cfg, run["step"])  # later steps are done again
@@ -613,16 +602,7 @@ def train(cfg):
             if c.token_ids  # an empty response has no token to train
         ]
         sampler.sleep()  # on a GPU, vLLM hands its memory to the update
-        step_stats = update_policy(
-            cfg,
-            samples,
-            rng,
-            model=model,
-            work=work,
-            ref_model=ref_model,
-            optimizer=optimizer,
-            pad_id=tokenizer.pad_token_id,
-        )
+        step_stats = update_policy(cfg, samples, pad_id=tokenizer.pad_token_id, **policy)
         sampler.wake()
         # 5. Sync: the next rollout must come from the updated policy.
         sync_s = sampler.sync(work)
@@ -632,11 +612,14 @@ def train(cfg):
         m |= timings(times, samples) | update_metrics(cfg, samples, step_stats) | {"sync_s": sync_s}
         m["grade_failures"] = grade_failures
         if cfg.eval_every and step % cfg.eval_every == 0:  # held-out accuracy, in the same line
-            m |= eval_metrics(cfg, model, tokenizer, sampler=sampler)
+            table, _ = evaluate(cfg, model, tokenizer, sampler=sampler)
+            keys = ("accuracy", "accuracy_ci", "len_mean", "truncated_frac")
+            m |= {f"eval/{name}/{k}": r[k] for name, r in table.items() for k in keys}
         log_metrics(metrics_path, m, bar)
         log_rollouts(cfg, step, rows, groups=groups, rewards=rewards, advantages=advantages)
-        run.update(step=step, history=[*run["history"], m][-DOCTOR_WINDOW:])
-        sick = diagnose(cfg, run["history"])  # None, or (the cause and its fix, an exit code)
+        history = [*run["history"], m][-DOCTOR_WINDOW:]
+        sick = diagnose(cfg, history)  # None, or (the cause and its fix, an exit code)
+        run.update(step=step, history=[] if sick else history)  # after a stop: judged anew
         last = sick or stop.signal or step == cfg.steps
         if last or (cfg.save_every and step % cfg.save_every == 0):
             ckpt = save_run(cfg, run, model, tokenizer=tokenizer, optimizer=optimizer, rng=rng)
@@ -653,11 +636,7 @@ class UserError(Exception):
 
 
 class TrainingStopped(Exception):
-    """The doctor found that the run cannot learn (appendix E), after saving: exit code 3-8."""
-
-    def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
+    """The doctor found that the run cannot learn (appendix E), after saving: exit code .code."""
 
 
 class Terminated(Exception):
@@ -676,14 +655,13 @@ def resolve(cfg):
     for k, allowed in choices.items():
         value = getattr(cfg, k)
         check(value in allowed, f"--{k} {value!r}: choose one of {', '.join(allowed)}")
-    batch, micro, rollout = cfg.train_batch_size, cfg.micro_batch_size, cfg.prompts_per_rollout
-    check(cfg.group_size >= 2, f"--group_size {cfg.group_size}: a group needs 2 for a baseline")
-    check(cfg.max_new_tokens >= 1, f"--max_new_tokens {cfg.max_new_tokens}: must be at least 1")
-    check(cfg.grade_workers >= 1, f"--grade_workers {cfg.grade_workers}: must be >= 1")
+    at_least = dict(group_size=2, max_new_tokens=1, grade_workers=1, keep_checkpoints=0)
+    at_least |= dict(train_batch_size=1, micro_batch_size=1)
+    for k, low in at_least.items():  # (a group needs 2 responses for a baseline)
+        check(getattr(cfg, k) >= low, f"--{k} {getattr(cfg, k)}: must be >= {low}")
     check(cfg.grade_timeout > 0, f"--grade_timeout {cfg.grade_timeout}: must be > 0")
-    check(cfg.keep_checkpoints >= 0, f"--keep_checkpoints {cfg.keep_checkpoints}: must be >= 0")
     check(cfg.eval_data or not cfg.eval_every, "--eval_every: give --eval_data, the files to use")
-    check(micro >= 1 and batch >= 1, "--train_batch_size/--micro_batch_size must be >= 1")
+    batch, micro, rollout = cfg.train_batch_size, cfg.micro_batch_size, cfg.prompts_per_rollout
     message = f"--train_batch_size {batch} is not a multiple of --micro_batch_size {micro}"
     check(batch % micro == 0, message)
     message = f"--train_batch_size {batch} does not divide a rollout of {rollout}x{cfg.group_size}"
@@ -709,13 +687,11 @@ def check_model(name):
     """--model must be a local directory or on the hub (or its cache): one line, not a traceback."""
     from huggingface_hub import file_exists, try_to_load_from_cache
 
-    if os.path.isdir(name):
-        return
     try:
-        why = "the hub has no such model"
-        cached = try_to_load_from_cache(name, "config.json")
-        if isinstance(cached, str) or file_exists(name, "config.json"):
+        cached = os.path.isdir(name) or try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str | bool) or file_exists(name, "config.json"):
             return
+        why = "the hub has no such model"
     except Exception as e:  # offline, a malformed name, no permission
         why = f"the hub cannot be asked ({type(e).__name__})"
     raise UserError(
@@ -749,8 +725,7 @@ def load_jsonl(path, quiet=False):
             answers = [g for g in [row["answer"], *extra] if g is not None]
             ok = all(type(g) in (str, int, float) for g in answers)
             check(ok, f"{where} an answer must be a string or a number")
-            golds = [str(g).strip() for g in answers]
-            golds = [*dict.fromkeys(g for g in golds if g)]
+            golds = [*dict.fromkeys(g for g in (str(g).strip() for g in answers) if g)]
             blank += not golds
             if golds:  # a repeat of an earlier problem is counted, and the first one kept
                 repeats += row["problem"].strip() in rows
@@ -786,16 +761,16 @@ def make_sampler(cfg, model, tokenizer, rows):
     import importlib.util
 
     if cfg.sampler == "hf" or (cfg.sampler == "auto" and not importlib.util.find_spec("vllm")):
-        hf_sampler = StaticCacheHFSampler if cfg.hf_static_cache else HFSampler
-        return hf_sampler(model, tokenizer, cfg.template)
+        sampler = HFSampler(model, tokenizer, cfg.template)
+        if cfg.hf_static_cache:  # CUDA compiles its decoding step; the same tokens (tested)
+            sampler.pad_multiple, sampler.cache = 64, "static"  # (few shapes to compile)
+        return sampler
     if cfg.eval_every:
         rows = rows + [r for f in cfg.eval_data.split(",") if f for r in load_jsonl(f, True)]
     prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
     longest = max(map(len, tokenizer(prompts, add_special_tokens=False)["input_ids"]))
-    max_len, gpu = longest + cfg.max_new_tokens, cfg.vllm_gpu_memory
-    return VLLMSampler(
-        model, tokenizer, cfg.template, max_model_len=max_len, seed=cfg.seed, gpu_memory=gpu
-    )
+    kw = dict(max_model_len=longest + cfg.max_new_tokens, gpu_memory=cfg.vllm_gpu_memory)
+    return VLLMSampler(model, tokenizer, cfg.template, seed=cfg.seed, **kw)
 
 
 def start_vllm(path, max_model_len, seed, gpu_memory):
@@ -922,14 +897,11 @@ def grade_batch(items, workers=4, timeout=10.0):
     return grades, failed
 
 
-def grade_groups(cfg, rows, groups, cut_scores_0=True):
+def grade_groups(cfg, rows, groups, cut_is_0=True):
     """The grades of each row's responses (a list per row), by grade_batch, and how many failed.
-    cut_scores_0: a response cut at max_new_tokens scores 0 (training), else it is graded."""
+    cut_is_0: a response cut at max_new_tokens scores 0 (training), else it is graded."""
     pairs = [(c, r["golds"]) for r, group in zip(rows, groups, strict=True) for c in group]
-    cut = [c.truncated and cut_scores_0 for c, _ in pairs]
-    items = [
-        (c.text, g, cfg.template, x, cfg.r1_strict) for (c, g), x in zip(pairs, cut, strict=True)
-    ]
+    items = [(c.text, g, cfg.template, c.truncated and cut_is_0, cfg.r1_strict) for c, g in pairs]
     flat, failed = grade_batch(items, cfg.grade_workers, cfg.grade_timeout)
     return torch.tensor(flat).view(len(groups), -1).tolist(), failed
 
@@ -980,8 +952,7 @@ def checkpoints(out_dir):
 
 def resume_point(cfg):
     """-> (the checkpoint to go on from, or None; the run's saved state, or a fresh one)."""
-    found = checkpoints(cfg.out_dir)
-    newest = found[-1][1] if found else None
+    newest = [None, *(path for _, path in checkpoints(cfg.out_dir))][-1]
     ckpt = {"auto": newest, "never": None, "no": None}.get(cfg.resume, cfg.resume)
     if not ckpt:
         return None, dict(step=0, order=[], cursor=0, history=[])
@@ -1046,8 +1017,10 @@ class StopRequest:
         """The last step is done: put the handlers back, and raise what ends the run early."""
         for s, before in self.before.items():
             signal.signal(s, before)
-        if sick:
-            raise TrainingStopped(f"step {step}: {sick[0]}; checkpoint: {ckpt}", sick[1])
+        if sick:  # the line, and the exit code of its cause (3-8)
+            stopped = TrainingStopped(f"step {step}: {sick[0]} (saved: {ckpt})")
+            stopped.code = sick[1]
+            raise stopped
         how = "run the same command to resume" if resume == "auto" else "resume with --resume auto"
         if self.signal:
             kind = KeyboardInterrupt if self.signal == SIGINT else Terminated
@@ -1060,12 +1033,11 @@ def span(s):
     return len(s.prompt_ids) - 1, len(s.prompt_ids) + len(s.completion.token_ids) - 1
 
 
-def collate(samples, pad_id, device, pack=False):
+def collate(samples, pad_id, device):
     """-> token_logprobs' inputs: right-padded ids [b, T], the response mask [b, T-1], its indices
-    (found on the CPU: on a GPU they would stall it), and with `pack` the same tokens in one row.
-    No attention mask: under causal attention no real token sees a pad on its right (exact).
+    (found on the CPU: a GPU would stall). No attention mask: no real token sees a pad on its right.
 
-    >>> ids, mask, _, _ = collate([Sample([5, 6], Completion([7, 8], "", False), 1., 1.)], 0, "cpu")
+    >>> ids, mask, _ = collate([Sample([5, 6], Completion([7, 8], "", False), 1., 1.)], 0, "cpu")
     >>> ids.tolist(), mask.tolist()  # position 1's logits predict token 7, position 2's token 8
     ([[5, 6, 7, 8]], [[0.0, 1.0, 1.0]])
     """
@@ -1076,42 +1048,29 @@ def collate(samples, pad_id, device, pack=False):
         ids[i, : len(seq)] = torch.tensor(seq)
         response_mask[i, slice(*span(s))] = 1
     where = tuple(w.to(device) for w in response_mask.nonzero(as_tuple=True))
-    if not pack:
-        return ids.to(device), response_mask.to(device), where, None
-    starts = [0, *itertools.accumulate(map(len, seqs))]
-    on_device = partial(torch.tensor, device=device)
-    inputs = dict(
-        input_ids=on_device([[tok for q in seqs for tok in q]]),
-        max_length_q=ids.shape[1],
-        position_ids=on_device([[i for q in seqs for i in range(len(q))]]),  # RoPE's, each from 0
-        cu_seq_lens_q=on_device(starts, dtype=torch.int32),  # where each sequence starts
-    )
-    offsets = [a + i for s, a in zip(samples, starts[:-1], strict=True) for i in range(*span(s))]
-    return ids.to(device), response_mask.to(device), where, (inputs, on_device(offsets))
+    return ids.to(device), response_mask.to(device), where
 
 
 def micro_batches(samples, cfg):
     """Length-sorted samples -> micro-batches of --micro_batch_size or, with --micro_batch_tokens
-    (verl's ppo_max_token_len_per_gpu), as many as fit (padded: count x longest; packed: sum)."""
+    (verl's ppo_max_token_len_per_gpu), as many as fit in count x longest padded tokens."""
     if not cfg.micro_batch_tokens:
         size = cfg.micro_batch_size
         return [samples[i : i + size] for i in range(0, len(samples), size)]
     out = []
     for s in samples:
         lengths = [span(x)[1] + 1 for x in (out[-1] if out else []) + [s]]
-        # (sorted: the newest sample is the longest)
-        size = sum(lengths) if cfg.pack else len(lengths) * max(lengths)
-        if not out or size > cfg.micro_batch_tokens:
+        if not out or len(lengths) * max(lengths) > cfg.micro_batch_tokens:
             out.append([])
         out[-1].append(s)
     return out
 
 
 class FusedLMHead(torch.autograd.Function):
-    """--fused_head: token_logprobs' head, `chunk` positions at a time. [n, V] fp32 logits are the
-    update's largest tensor (8 x 3000 tokens x 151,936 words: 14.6 GB); none is kept. Backward
-    recomputes a chunk's logits and writes d logp / d logits = onehot - softmax (as TRL's and
-    verl's fused heads). hidden [n, d], weight [V, d] -> log pi(target), entropy [n] (no grad).
+    """--fused_head: token_logprobs' head, `chunk` positions at a time, keeping no [n, V] fp32
+    logits (8 x 3000 tokens x 151,936 words: 14.6 GB). Backward recomputes a chunk's logits and
+    writes d logp / d logits = onehot - softmax, as TRL's and verl's fused heads do.
+    hidden [n, d], weight [V, d] -> log pi(target), entropy [n] (no grad).
 
     >>> FusedLMHead.apply(torch.ones(1, 2), torch.zeros(3, 2), torch.tensor([2]), 1)  # uniform
     (tensor([-1.0986]), tensor([1.0986]))
@@ -1150,42 +1109,6 @@ def fused_head_logprobs(hidden, weight, targets, chunk_bytes=512 << 20):
     return FusedLMHead.apply(hidden, weight, targets, chunk)
 
 
-def packed_hidden_states(model, ids, packed):
-    """--pack: token_logprobs' hidden states [n, d], from the micro-batch packed into one row. Each
-    sequence attends within itself: by torch's varlen kernel on CUDA in bf16 (packed_attention),
-    elsewhere by the block-diagonal mask transformers builds from the restarting positions."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register("sdpa", packed_attention)  # (only packed calls change)
-    inputs, where_packed = packed
-    if ids.is_cuda and model.dtype == torch.bfloat16:  # varlen needs no mask: a 4-D stand-in
-        inputs = {**inputs, "attention_mask": ids.new_ones(1, 1, 1, 1, dtype=torch.bool)}
-    return model.model(**inputs, use_cache=False).last_hidden_state[0, where_packed]
-
-
-def packed_attention(module, q, k, v, mask, scaling=None, cu_seq_lens_q=None, **kw):
-    """transformers' SDPA, except that on CUDA in bf16 a packed row runs torch's varlen flash
-    kernel (torch >= 2.12): each sequence attends within itself, with no pad and no mask."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if cu_seq_lens_q is None or not (q.is_cuda and q.dtype == torch.bfloat16):
-        return sdpa_attention_forward(module, q, k, v, mask, scaling=scaling, **kw)
-    from torch.nn.attention.varlen import varlen_attn
-
-    q, k, v = (x[0].transpose(0, 1).contiguous() for x in (q, k, v))  # -> [N, heads, d]
-    cu, n = cu_seq_lens_q, kw["max_length_q"]
-    out = varlen_attn(q, k, v, cu, cu, n, n, scale=scaling, window_size=(-1, 0), enable_gqa=True)
-    return out[None], None
-
-
-class StaticCacheHFSampler(HFSampler):
-    """--hf_static_cache: a static KV cache (on CUDA, transformers compiles the decoding step), and
-    prompts left-padded to a multiple of 64 (few shapes). The same tokens (tested, greedy)."""
-
-    pad_multiple = 64
-    cache = "static"
-
-
 def pick_device(cfg):
     """CUDA if there is one, and bf16 there (over fp32 master weights: Adam at lr 1e-6 needs it)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -1199,8 +1122,7 @@ def load_model(path, device):
 
     logging.disable_progress_bar()  # one bar per load or save is noise in a training log
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # batches need a pad
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device), tokenizer
 
 
@@ -1273,27 +1195,13 @@ def rollout_metrics(groups, rewards, template):
     }
 
 
-def loss_push(samples, cfg):
-    """How hard the loss pushes right and wrong responses: sum over their tokens of |A_i| x
-    d loss / d l_it (ratio 1, the rollout as one batch). -> (correct, incorrect)"""
-    lengths = torch.tensor([len(s.completion.token_ids) for s in samples])
-    mask = (torch.arange(int(lengths.max())) < lengths.unsqueeze(1)).float()
-    unit = torch.ones_like(mask, requires_grad=True)
-    norms = dict(batch_seqs=len(samples), batch_tokens=int(lengths.sum()))
-    aggregate_loss(unit, mask, cfg.loss_agg, **norms, norm_const=cfg.loss_norm_const).backward()
-    push = unit.grad.sum(1) * torch.tensor([abs(s.advantage) for s in samples])
-    right = torch.tensor([s.reward > 0 for s in samples])
-    return push[right].sum().item(), push[~right].sum().item()
-
-
 def update_metrics(cfg, samples, step_stats):
-    """The update's statistics (means over the step's optimizer steps), how hard the loss pushed
-    right and wrong responses, and how far the sampler is from the trainer's pi_old."""
+    """The update's statistics (means over the step's optimizer steps), and how far the sampler
+    is from the trainer's pi_old."""
     logged = [s for s in samples if s.completion.logprobs and s.old_logp is not None]
     gaps = [(s.old_logp.cpu() - torch.tensor(s.completion.logprobs)).abs() for s in logged]
     m = {k: sum(s[k] for s in step_stats) / len(step_stats) for k in step_stats[0]}
     m["logprob_gap"] = torch.cat(gaps).mean().item() if gaps else None  # ~0: on-policy
-    m["push_correct"], m["push_incorrect"] = loss_push(samples, cfg)
     return m
 
 
@@ -1306,16 +1214,12 @@ def log_metrics(path, m, bar):
 def response_records(cfg, rows, groups, rewards, advantages=None):
     """A JSON line per prompt: its problem and gold answers, and each response with its answer,
     length and reward (and, in training, advantage). rollouts.jsonl and eval_responses.jsonl."""
-    out = []
-    for i, (row, group) in enumerate(zip(rows, groups, strict=True)):
-        out.append(dict(problem=row["problem"], golds=row["golds"], responses=[]))
-        for j, c in enumerate(group):
-            answer = extract_answer(c.text, cfg.template)
-            r = dict(text=c.text, answer=answer, tokens=len(c.token_ids), truncated=c.truncated)
-            r["reward"] = rewards[i][j]
-            if advantages is not None:
-                r["advantage"] = advantages[i][j]
-            out[-1]["responses"].append(r)
+    out = [dict(problem=row["problem"], golds=row["golds"], responses=[]) for row in rows]
+    for i, j in itertools.product(range(len(groups)), range(len(groups[0]) if groups else 0)):
+        c, answer = groups[i][j], extract_answer(groups[i][j].text, cfg.template)
+        r = dict(text=c.text, answer=answer, tokens=len(c.token_ids), truncated=c.truncated)
+        extra = {} if advantages is None else {"advantage": advantages[i][j]}
+        out[i]["responses"].append(r | {"reward": rewards[i][j]} | extra)
     return out
 
 
@@ -1328,10 +1232,9 @@ def log_rollouts(cfg, step, rows, groups, rewards, advantages):
         f.writelines(json.dumps(dict(step=step) | r) + "\n" for r in records)
 
 
-# The doctor: after every step, can this run learn? Each check reads the last DOCTOR_WINDOW steps,
-# so that one odd step (a batch of hard problems) never stops a run. The healthy demo runs stay far
-# from every threshold: at most 1.3% of responses cut, all with an answer, at most 79% of groups all
-# right or all wrong, a logprob_gap of 1e-7, no grading failure.
+# The doctor: can this run learn? Each check reads the last DOCTOR_WINDOW steps: one odd step (hard
+# problems) never stops a run. The demo's healthy runs are far from every threshold: <= 1.3% cut,
+# all answered, <= 79% of groups all right or all wrong, a logprob_gap of 1e-7, no grading failure.
 DOCTOR_WINDOW = 3  # steps
 MOST_CUT = 0.9  # share of responses cut at --max_new_tokens (a default of 256 can cut 97-99%)
 FEW_ANSWERED = 0.05  # share of responses with an answer to grade
@@ -1344,14 +1247,14 @@ def diagnose(cfg, history):
     to do: -> (one line, an exit code), or None (healthy, too few steps, or --doctor false)."""
     if not cfg.doctor or len(history) < DOCTOR_WINDOW:
         return None
-    avg = {k: mean([m[k] for m in history if m.get(k) is not None]) for k in history[-1]}
+    keys = [k for k, v in history[-1].items() if not isinstance(v, list)]  # not eval's intervals
+    avg = {k: mean([m[k] for m in history if m.get(k) is not None]) for k in keys}
     cut, answered, gap = avg["truncated_frac"], avg["answer_frac"], avg["logprob_gap"] or 0.0
     failed = avg["grade_failures"] / (cfg.prompts_per_rollout * cfg.group_size)
     form = "<answer> </answer>" if cfg.template == "r1" else "a \\boxed{}"
+    last = f"in the last {DOCTOR_WINDOW} steps"
     right, wrong = avg["all_correct_group_frac"] == 1, avg["all_wrong_group_frac"] == 1
     same = "right" if right else "wrong" if wrong else "right or all wrong"
-    hard = "easy" if right else "hard" if wrong else "easy or too hard"
-    last = f"in the last {DOCTOR_WINDOW} steps"
     if avg["skipped_updates"] == 1:
         return f"every update {last} had a non-finite gradient and was skipped: lower --lr", 3
     if cut >= MOST_CUT:
@@ -1360,15 +1263,16 @@ def diagnose(cfg, history):
     if answered <= FEW_ANSWERED:
         why = f"only {answered:.0%} of responses {last} had an answer to grade ({form})"
         return f"{why}: is --template {cfg.template} the format this model answers in?", 5
+    if failed >= MOST_FAILED:  # (before the next check: a failed grade is a 0 reward)
+        why = f"{failed:.0%} of responses {last} timed out or crashed the grader"
+        return f"{why}: raise --grade_timeout or --grade_workers", 6
     if avg["zero_std_group_frac"] == 1:
         why = f"every group {last} was all {same}: every advantage is 0, nothing to learn"
-        return f"{why}; the problems are too {hard} for this model", 6
+        hard = {"right": "easy", "wrong": "hard"}.get(same, "easy or too hard")
+        return f"{why}; the problems are too {hard} for this model", 7
     if gap > OFF_POLICY_GAP:
         why = f"the sampler's log-probs {last} were {gap:.3f} from the trainer's (off-policy)"
-        return f"{why}: a stale engine (a broken weight sync), or another --temperature/--top_p", 7
-    if failed >= MOST_FAILED:
-        why = f"{failed:.0%} of responses {last} timed out or crashed the grader"
-        return f"{why}: raise --grade_timeout or --grade_workers", 8
+        return f"{why}: a stale engine (a broken weight sync), or another --temperature/--top_p", 8
     return None
 
 
@@ -1382,16 +1286,14 @@ def evaluate(cfg, model, tokenizer, sampler=None, n=1, temperature=0.0):
     if sampler is None:
         sampler = make_sampler(cfg, model, tokenizer, rows=[r for s in sets.values() for r in s])
     table, records, resampled = {}, [], []
+    sampling = dict(temperature=temperature, top_p=cfg.top_p, seed=cfg.seed)
     for name, rows in sets.items():
         prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
-        groups = sampler.generate(
-            prompts, n, cfg.max_new_tokens, temperature=temperature, top_p=cfg.top_p, seed=cfg.seed
-        )
-        grades, failed = grade_groups(cfg, rows, groups, cut_scores_0=not cfg.eval_grade_cut)
+        groups = sampler.generate(prompts, n, cfg.max_new_tokens, **sampling)
+        grades, failed = grade_groups(cfg, rows, groups, cut_is_0=not cfg.eval_grade_cut)
         r = table[name] = rollout_metrics(groups, torch.tensor(grades), cfg.template)
         r |= {"grade_failures": failed, "n_problems": len(rows), "samples_per_problem": n}
-        seed = cfg.seed * 1000 + len(resampled)  # each benchmark its own draws: independent
-        resampled.append(bootstrap(torch.tensor(grades), seed=seed))
+        resampled.append(bootstrap(torch.tensor(grades), seed=cfg.seed * 1000 + len(table)))
         r["accuracy_ci"] = interval(resampled[-1])
         for k in [k for k in (2, 4, 8, 16, 32, 64, 128, 256) if k <= n]:
             r[f"pass@{k}"] = mean([pass_at_k(n, int(sum(g)), k) for g in grades])
@@ -1399,16 +1301,15 @@ def evaluate(cfg, model, tokenizer, sampler=None, n=1, temperature=0.0):
         records += [{"benchmark": name} | x for x in response_records(cfg, rows, groups, grades)]
     numeric = [k for k in r if all(isinstance(t[k], float) for t in table.values())]
     table["average"] = {k: mean([t[k] for t in table.values()]) for k in numeric}
-    # The average's interval: each benchmark resampled, then averaged, as the average itself.
+    # The average's interval: each benchmark resampled on its own, then averaged.
     table["average"]["accuracy_ci"] = interval(torch.stack(resampled).mean(dim=0))
     return table, records
 
 
 def bootstrap(grades, seed=0, resamples=4000):
-    """The accuracy of grades [problems, K samples] on `resamples` resamples of the problems,
-    drawn with replacement; with K > 1, each problem's samples drawn again too (K draws at its
-    accuracy p: Binomial(K, p) / K). AIME24 has 30 problems: 9 right is 30.0%, and its 95%
-    interval spans 33 points, from 13.3 to 46.7.
+    """The accuracy of grades [problems, K samples] on resamples of the problems, drawn with
+    replacement, and with K > 1 of each one's samples (K draws at its accuracy p: Binomial(K, p)/K).
+    AIME24 has 30 problems: 9 right is 30.0%, and its 95% interval runs from 13.3 to 46.7.
 
     >>> [round(x, 3) for x in interval(bootstrap(torch.tensor([[1.0]] * 9 + [[0.0]] * 21)))]
     [0.133, 0.467]
@@ -1425,12 +1326,6 @@ def bootstrap(grades, seed=0, resamples=4000):
 def interval(resampled):
     """The central 95% of resampled accuracies: (low, high)."""
     return tuple(torch.quantile(resampled, torch.tensor([0.025, 0.975])).tolist())
-
-
-def eval_metrics(cfg, model, tokenizer, sampler):  # evaluate() for --eval_every's metrics
-    table, _ = evaluate(cfg, model, tokenizer, sampler=sampler)
-    keys = ("accuracy", "len_mean", "truncated_frac")
-    return {f"eval/{name}/{k}": r[k] for name, r in table.items() for k in keys}
 
 
 def pass_at_k(n, c, k):
@@ -1458,19 +1353,17 @@ def run_eval(cfg):
     n, temperature = cfg.eval_n, (cfg.temperature if cfg.eval_n > 1 else 0.0)
     table, records = evaluate(cfg, model, tokenizer, n=n, temperature=temperature)
     cols = ["len_mean", "truncated_frac"] + [k for k in table["average"] if "pass@" in k]
-    accuracy = f"{f'avg@{n}' if n > 1 else 'accuracy'} (95% CI)"
-    print(
-        f"{'benchmark':>16s} | {'n':>5s} | {accuracy:>16s} | "
-        + " | ".join(f"{c:>14s}" for c in cols)
-    )
+    head = ["benchmark", "n", f"{f'avg@{n}' if n > 1 else 'accuracy'} (95% CI)", *cols]
+    widths = [16, 5, 16] + [14] * len(cols)
+    print(" | ".join(f"{c:>{w}}" for c, w in zip(head, widths, strict=True)))
     for name, r in table.items():
         if r.get("grade_failures"):
             why = "grading took over --grade_timeout or crashed"
             print(f"warning: {name}: {r['grade_failures']} responses scored 0: {why}")
-        low, high = r["accuracy_ci"]
-        cells = [f"{100 * r['accuracy']:9.1f} ± {50 * (high - low):4.1f}"]
-        cells += [f"{r[c]:14.1f}" if c == "len_mean" else f"{100 * r[c]:13.1f}%" for c in cols]
-        print(f"{name:>16s} | {r.get('n_problems', ''):>5} | " + " | ".join(cells))
+        ci = 50 * (r["accuracy_ci"][1] - r["accuracy_ci"][0])  # half the interval's width
+        cells = [name, r.get("n_problems", ""), f"{100 * r['accuracy']:.1f} ± {ci:.1f}"]
+        cells += [f"{r[c]:.1f}" if c == "len_mean" else f"{100 * r[c]:.1f}%" for c in cols]
+        print(" | ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
         settings = dict(model=cfg.model, template=cfg.template, max_new_tokens=cfg.max_new_tokens)
         settings |= dict(temperature=temperature, grade_cut=cfg.eval_grade_cut, results=table)
@@ -1496,9 +1389,9 @@ def plot(run_dirs, path=None):
         for ax, key in zip(axes, ("reward", "len_correct", "len_incorrect"), strict=True):
             values = [float("nan") if m[key] is None else m[key] for m in lines]
             ax.plot([m["step"] for m in lines], values, label=os.path.basename(run.rstrip("/")))
-    for ax, what in zip(axes, ("reward", "correct", "incorrect"), strict=True):
-        title = f"mean length of {what} responses (tokens)"
-        ax.set(xlabel="RL step", title="reward (training samples)" if what == "reward" else title)
+    lengths = [f"mean length of {what} responses (tokens)" for what in ("correct", "incorrect")]
+    for ax, title in zip(axes, ["reward (training samples)", *lengths], strict=True):
+        ax.set(xlabel="RL step", title=title)
         ax.legend()
     fig.tight_layout()
     parent = os.path.commonpath([os.path.abspath(r) for r in run_dirs])
@@ -1549,9 +1442,8 @@ def main(argv=None):
         return {"train": train, "eval": run_eval, "plot": plot}[mode](args)
     except tuple(EXITS) as e:  # an interruption says where its checkpoint is
         what, code = EXITS[type(e)]
-        code = getattr(e, "code", code)
         print(f"drgrpo: {what} {e}".rstrip(), file=sys.stderr)
-        sys.exit(code)
+        sys.exit(getattr(e, "code", code))
 
 
 if __name__ == "__main__":

@@ -423,7 +423,6 @@ def update_mfu(
     steps=3,
     checkpointing=False,
     micro_batch_tokens=0,
-    pack=False,
 ):
     """drgrpo's update phase alone, a bf16 working copy over fp32 master weights as `train` runs it
     on a GPU, on a synthetic rollout of random tokens (prompts x G responses, lengths uniform in
@@ -460,7 +459,6 @@ def update_mfu(
             max_new_tokens=max_new,
             lr=1e-6,
             micro_batch_tokens=micro_batch_tokens,
-            pack=pack,
         )
     )
     optimizer = torch.optim.AdamW(
@@ -502,7 +500,6 @@ def update_mfu(
         "prompt_tokens": prompt_len * len(samples),
         "micro_batch": micro_batch,
         "micro_batch_tokens": micro_batch_tokens,
-        "pack": pack,
         "checkpointing": checkpointing,
         "update_s": times,
         "median_s": step_s,
@@ -681,11 +678,6 @@ def main():
         "micro-batch instead (drgrpo's --micro_batch_tokens)",
     )
     p.add_argument(
-        "--pack",
-        action="store_true",
-        help="with --update_mfu: padding-free packing (drgrpo's --pack)",
-    )
-    p.add_argument(
         "--static_cache",
         action="store_true",
         help="with --hf_sampler: a static KV cache (drgrpo's "
@@ -728,7 +720,6 @@ def main():
             checkpointing=args.checkpointing,
             micro_batch=args.micro_batch,
             micro_batch_tokens=args.micro_batch_tokens,
-            pack=args.pack,
             **(small or big),
         )
         with open(os.path.join(OUT, "update_mfu.json"), "w") as f:

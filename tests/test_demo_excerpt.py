@@ -10,12 +10,11 @@ from conftest import load_script
 demo = load_script("data/arith/demo.py")
 
 
-def row(step, tokens, reward=0.0, response=None, truncated=False, group=0):
+def row(step, tokens, reward=0.0, response=None, truncated=False):
     """One rollouts.jsonl line, with the keys drgrpo.py writes."""
     return {
         "step": step,
-        "group": group,
-        "prompt": "Solve for x: 2x+1=7.",
+        "problem": "Solve for x: 2x+1=7.",
         "golds": ["3"],
         "response": f"r{step}-{tokens}" if response is None else response,
         "answer": None if reward == 0 else "3",
@@ -35,9 +34,9 @@ ROLLOUTS = [
     row(1, 60, reward=1.0, response="right, longest"),
     row(1, 13, response="typical"),
     row(1, 10, response="also near"),
-    row(2, 8, response="tie, first", group=1),
+    row(2, 8, response="tie, first"),
     row(2, 7, reward=1.0, response="right, at the mean"),
-    row(2, 6, response="tie, second", group=1),
+    row(2, 6, response="tie, second"),
     row(3, 9, reward=1.0),
     row(3, 3, reward=1.0),
 ]
@@ -85,7 +84,14 @@ def test_first_and_last_step():
 
 def test_read_rollouts(tmp_path):
     assert demo.read_rollouts(str(tmp_path)) == []  # --log_rollouts 0: no file
-    (tmp_path / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROLLOUTS))
+    # as drgrpo.py writes it: a line a prompt, its responses in a list (here one each)
+    lines = []
+    for r in ROLLOUTS:
+        response = {k: r[k] for k in ("answer", "tokens", "truncated", "reward", "advantage")}
+        response["text"] = r["response"]
+        lines.append(dict(step=r["step"], problem=r["problem"], golds=r["golds"]))
+        lines[-1]["responses"] = [response]
+    (tmp_path / "rollouts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert demo.read_rollouts(str(tmp_path)) == ROLLOUTS
 
 

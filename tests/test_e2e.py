@@ -67,7 +67,7 @@ def test_static_cache_sampler_gives_the_same_greedy_completions(tiny):
         for q in ("Pick 1 or 2!", "What is 12 + 30? Think first.")
     ]
     dynamic, static = (
-        (drgrpo.StaticCacheHFSampler if s else drgrpo.HFSampler)(model, tok, "qwen_math").generate(
+        drgrpo.make_sampler(Config(sampler="hf", hf_static_cache=s), model, tok, rows=[]).generate(
             prompts, 1, 24, 0.0
         )
         for s in (False, True)
@@ -190,20 +190,6 @@ def test_loss_and_update_identical_across_micro_batch_sizes(tiny, loss_agg):
         assert loss == pytest.approx(results[0][0], rel=1e-5, abs=1e-7)
         assert torch.allclose(params, results[0][1], atol=1e-6)
     assert not torch.equal(results[0][1], torch.cat([p.flatten() for p in model.parameters()]))
-
-
-def test_loss_push_shows_the_length_weighting(tiny):
-    # two wrong responses (advantage -1) of 4 and 12 tokens, one right (advantage +2) of 4 tokens
-    samples = [
-        Sample([1], Completion([5] * n, "", False), r, a)
-        for n, r, a in ((4, 0.0, -1.0), (12, 0.0, -1.0), (4, 1.0, 2.0))
-    ]
-    grpo = drgrpo.resolve(Config(algo="grpo", max_new_tokens=20))
-    dr = drgrpo.resolve(Config(algo="dr_grpo", max_new_tokens=20))
-    # each response 1/B, whatever its length
-    assert drgrpo.loss_push(samples, grpo) == pytest.approx((2 / 3, 2 / 3))
-    # |A| x |o_i| / (B C)
-    assert drgrpo.loss_push(samples, dr) == pytest.approx((2 * 4 / 60, (4 + 12) / 60))
 
 
 def test_plot_draws_runs(tiny, tmp_path):

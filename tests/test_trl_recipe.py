@@ -108,14 +108,16 @@ ELSEWHERE = {
     "r1_strict",
     "grade_workers",
     "micro_batch_tokens",
-    "pack",
     "grade_timeout",
     "resume",
     "eval_data",
     "eval_every",
     "eval_n",
     "eval_size",
+    "eval_grade_cut",
     "fused_head",
+    "log_rollouts",
+    "doctor",
 }
 
 

@@ -9,9 +9,6 @@ the CPU against the plain path:
   bf16's precision, and the copy refreshed from the master after the step;
 - no host sync inside the micro-batch loop: one `.item()` per optimizer
   step, however many micro-batches;
-- padding-free packing (--pack): a micro-batch as one row without pads gives the unpadded log-probs,
-  entropy, loss and gradients, with grouped-query attention and gradient checkpointing too (on CUDA,
-  torch's varlen kernel: the test of it runs where there is a GPU);
 - the fused LM head (FusedLMHead): log-probs, entropy and gradients equal to
   autograd through a full log-softmax.
 """
@@ -66,11 +63,11 @@ def sgd_step(model, batch, cfg, work=None):
 
 def test_no_attention_mask_gives_the_unpadded_logprobs_and_entropy():
     model, batch = random_qwen(), rollout()
-    ids, mask, where, _ = drgrpo.collate(batch, 0, "cpu")
+    ids, mask, where = drgrpo.collate(batch, 0, "cpu")
     assert (ids == 0).any()  # right padding is really there
     with torch.no_grad():
         # section 7's plain computation (the fused head is checked against it elsewhere)
-        logp, entropy = drgrpo.token_logprobs(model, (ids, mask, where, None), fused_head=False)
+        logp, entropy = drgrpo.token_logprobs(model, (ids, mask, where), fused_head=False)
         ref_logp, ref_entropy = plain_logprobs(model, batch)
     for i, s in enumerate(batch):
         a, b = drgrpo.span(s)
@@ -206,74 +203,12 @@ def test_pretraining_micro_batches_give_the_full_batch_loss_and_gradient():
         results.append((arith.pretrain_backward(model, batch, 0, budget), flat_grads(model)))
     (loss, grad), (mb_loss, mb_grad) = results
     # the plain next-token loss, by hand, for the value
-    ids, mask, _, _ = drgrpo.collate(batch, 0, "cpu")
+    ids, mask, _ = drgrpo.collate(batch, 0, "cpu")
     logits = model(input_ids=ids).logits[:, :-1]
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     assert torch.allclose(loss, (nll * mask).sum() / mask.sum(), atol=1e-6)
     assert torch.allclose(mb_loss, loss, atol=1e-6)
     assert grad.abs().max() > 0 and torch.allclose(mb_grad, grad, atol=1e-7, rtol=1e-5)
-
-
-def gqa_qwen():
-    """4 query heads sharing 2 key/value heads, as Qwen2.5's 14/2 or 12/2:
-    packing must keep GQA right."""
-    return random_qwen(hidden=64, heads=4, kv_heads=2)
-
-
-def test_packed_row_gives_the_unpadded_logprobs_and_entropy():
-    model, batch = gqa_qwen(), rollout()
-    ids, mask, where, packed = drgrpo.collate(batch, 0, "cpu", pack=True)
-    inputs, responses = packed
-    lengths = [len(s.prompt_ids) + len(s.completion.token_ids) for s in batch]
-    # no pad, and it had some
-    assert inputs["input_ids"].shape == (1, sum(lengths)) and sum(lengths) < ids.numel()
-    assert inputs["position_ids"][0, lengths[0]] == 0  # positions restart with each sequence
-    assert len(responses) == int(mask.sum())
-    with torch.no_grad():
-        logp, entropy = drgrpo.token_logprobs(model, (ids, mask, where, packed), fused_head=False)
-        ref_logp, ref_entropy = plain_logprobs(model, batch)
-        # unpacked calls after a packed one: plain SDPA as before
-        padded, _ = drgrpo.token_logprobs(model, (ids, mask, where, None), fused_head=False)
-    for i, s in enumerate(batch):
-        a, b = drgrpo.span(s)
-        assert torch.allclose(logp[i, a:b], ref_logp[i], atol=1e-5)
-        assert torch.allclose(entropy[i, a:b], ref_entropy[i], atol=1e-5)
-        assert torch.allclose(padded[i, a:b], ref_logp[i], atol=1e-5)
-    assert (logp * (1 - mask) == 0).all()
-
-
-@pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
-def test_packed_update_gives_the_padded_loss_and_gradient(loss_agg):
-    model, batch = gqa_qwen(), rollout()
-    results = [
-        sgd_step(copy.deepcopy(model), batch, cfg_for(loss_agg, **kw))
-        for kw in (
-            {"micro_batch_size": 4},
-            {"micro_batch_size": 4, "pack": True},
-            {"micro_batch_tokens": 40, "pack": True},
-        )
-    ]
-    # recomputation in backward sees the packed row's arguments again
-    checkpointed = copy.deepcopy(model)
-    checkpointed.gradient_checkpointing_enable()
-    checkpointed.train()
-    results.append(sgd_step(checkpointed, batch, cfg_for(loss_agg, micro_batch_size=4, pack=True)))
-    for stats, grad in results[1:]:
-        # (it sums to ~0)
-        assert stats["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5, abs=1e-6)
-        assert torch.allclose(grad, results[0][1], atol=1e-6, rtol=1e-4)
-    assert results[0][1].abs().sum() > 0
-
-
-def test_packed_token_budget_counts_real_tokens_not_padding():
-    batch = sorted(rollout(), key=lambda s: drgrpo.span(s)[1])
-    packed = drgrpo.micro_batches(batch, cfg_for("token_mean", micro_batch_tokens=40, pack=True))
-    padded = drgrpo.micro_batches(batch, cfg_for("token_mean", micro_batch_tokens=40))
-    assert [s for mb in packed for s in mb] == batch
-    for mb in packed:
-        assert sum(drgrpo.span(s)[1] + 1 for s in mb) <= 40 or len(mb) == 1
-    # the same budget holds more sequences once pads are not counted
-    assert len(packed) < len(padded)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -295,18 +230,3 @@ def test_fused_head_equals_autograd_through_the_full_log_softmax(dtype):
     for a, b in zip(grads, ref_grads, strict=True):
         assert a.dtype == dtype and torch.allclose(a.float(), b.float(), **tol)
     assert not entropy.requires_grad  # a diagnostic: no gradient from it
-
-
-@pytest.mark.skipif(
-    not torch.cuda.is_available(),
-    reason="torch's varlen flash kernel runs on CUDA only (the CPU "
-    "runs the per-sequence reference, tested above); run this file on a GPU to check the kernel",
-)
-def test_packed_varlen_kernel_on_cuda_matches_the_padded_path():
-    model, batch = gqa_qwen(), rollout()
-    work = drgrpo.working_copy(model.cuda(), torch.bfloat16)
-    ids, mask, where, packed = drgrpo.collate(batch, 0, "cuda", pack=True)
-    logp, _ = drgrpo.token_logprobs(work, (ids, mask, where, packed))
-    ref, _ = drgrpo.token_logprobs(work, (ids, mask, where, None), fused_head=False)
-    diff = (logp - ref)[mask.bool()].abs()
-    assert diff.mean() < 0.02 and diff.max() < 0.15  # bf16: the two kernels sum in different orders

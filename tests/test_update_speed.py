@@ -114,8 +114,8 @@ def test_skipping_zero_advantage_responses_changes_neither_loss_nor_update(loss_
     )
     # reference: the plain formula over the whole batch, every response included
     ref = copy.deepcopy(model)
-    ids, tgt, where, _ = drgrpo.collate(batch, 0, "cpu")
-    logp, _ = drgrpo.token_logprobs(ref, (ids, tgt, where, None), fused_head=False)
+    ids, tgt, where = drgrpo.collate(batch, 0, "cpu")
+    logp, _ = drgrpo.token_logprobs(ref, (ids, tgt, where), fused_head=False)
     adv = torch.tensor([s.advantage for s in batch]).unsqueeze(1)
     tok_loss, _ = drgrpo.ppo_token_loss(logp, logp.detach(), adv, 0.2, 0.2)
     ref_loss = drgrpo.aggregate_loss(
@@ -229,7 +229,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 # 256 positions a chunk
 fused = drgrpo.fused_head_logprobs
 drgrpo.fused_head_logprobs = functools.partial(fused, chunk_bytes=256 * 4 * 151936)
-logp, _ = drgrpo.token_logprobs(model, (ids, tgt, where, None))
+logp, _ = drgrpo.token_logprobs(model, (ids, tgt, where))
 logp.sum().backward()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
@@ -261,11 +261,11 @@ def test_chunked_head_never_holds_the_full_logits():
 def test_the_gpu_update_bench_runs_here_on_a_tiny_shape():
     """`tests/bench.py --update_mfu qwen2.5-0.5b` and `--hf_sampler qwen2.5-0.5b` are meant for a
     GPU, which CI lacks: their code paths (bf16 working copy over fp32 weights, synthetic rollout,
-    token budget, packing, MFU arithmetic; forced-length sampling, static KV cache) are exercised
+    token budget, MFU arithmetic; forced-length sampling, static KV cache) are exercised
     here on a tiny shape on the CPU."""
     import bench
 
-    for budget, pack in ((0, False), (100, False), (100, True)):
+    for budget in (0, 100):
         out = bench.update_mfu(
             "tiny",
             prompts=2,
@@ -274,7 +274,6 @@ def test_the_gpu_update_bench_runs_here_on_a_tiny_shape():
             max_new=64,
             steps=1,
             micro_batch_tokens=budget,
-            pack=pack,
         )
         assert out["responses"] == 4 and 4 * 4 <= out["response_tokens"] <= 4 * 64
         assert out["prompt_tokens"] == 4 * 16 and out["response_tokens_per_s"] > 0

@@ -35,9 +35,9 @@ def vllm_prompt_logprobs(sampler, seq, prompt_len):
 
 def trainer_logprobs(model, seq, prompt_len):
     s = drgrpo.Sample(seq[:prompt_len], drgrpo.Completion(seq[prompt_len:], "", False), 0.0, 0.0)
-    ids, tgt, where, _ = drgrpo.collate([s], 0, "cpu")
+    ids, tgt, where = drgrpo.collate([s], 0, "cpu")
     with torch.no_grad():
-        logp, _ = drgrpo.token_logprobs(model, (ids, tgt, where, None))
+        logp, _ = drgrpo.token_logprobs(model, (ids, tgt, where))
     return logp[0, tgt[0].bool()]
 
 
@@ -133,11 +133,40 @@ def test_training_stays_on_policy_and_drifts_without_sync(tiny, monkeypatch):
     assert all(g < SYNC_TOL for g in gaps), gaps  # every rollout came from the policy being trained
     # control: never copy weights
     monkeypatch.setattr(drgrpo.VLLMSampler, "sync", lambda self, model: 0.0)
-    stale = [m["logprob_gap"] for m in run_metrics(tiny, "stale", steps=4, lr=3e-3)]
+    stale = run_metrics(tiny, "stale", steps=4, lr=3e-3, doctor=False)
+    stale = [m["logprob_gap"] for m in stale]
     assert stale[0] < SYNC_TOL  # the first rollout is from the start weights either way
     # then the engine falls behind
     assert all(g > 1e-3 for g in stale[1:]) and stale[-1] > stale[1], stale
     print(f"logprob gap per step: synced {gaps}, without sync {stale}")
+
+
+def test_the_doctor_stops_a_run_whose_engine_is_never_synced(tiny, monkeypatch, capsys):
+    """A sync replaced by a no-op: the engine samples from the start weights while the trainer
+    moves on; the sampler's log-probs drift from pi_old until the doctor stops the run (exit 8),
+    with a checkpoint that a run with a working sync resumes from."""
+    monkeypatch.setattr(drgrpo.VLLMSampler, "sync", lambda self, model: 0.0)
+    cfg = tiny_cfg(tiny, out_dir=str(tiny["dir"] / "never_synced"), sampler="vllm", lr=3e-2)
+    cfg = drgrpo.replace(cfg, steps=12, train_batch_size=16, micro_batch_size=8)
+    with pytest.raises(drgrpo.TrainingStopped) as stop:
+        drgrpo.train(cfg)
+    code, message = stop.value.code, str(stop.value)
+    del stop  # its traceback holds the engine: freed now, not while the next one runs
+    gc.collect()
+    lines = [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]
+    step, window = len(lines), lines[-drgrpo.DOCTOR_WINDOW :]
+    gap = drgrpo.mean([m["logprob_gap"] for m in window if m["logprob_gap"] is not None])
+    assert code == 8 and gap > drgrpo.OFF_POLICY_GAP, (gap, lines)
+    why = f"the sampler's log-probs in the last 3 steps were {gap:.3f} from the trainer's"
+    assert message == (
+        f"step {step}: {why} (off-policy): a stale engine (a broken weight sync), or another "
+        f"--temperature/--top_p (saved: {cfg.out_dir}/checkpoint-{step})"
+    )
+    print(f"never synced: logprob_gap per step {[m['logprob_gap'] for m in lines]}")
+    monkeypatch.undo()  # a working sync: the resumed engine starts from the checkpoint
+    drgrpo.train(drgrpo.replace(cfg, steps=step + 1))
+    gc.collect()
+    assert f"resuming from {cfg.out_dir}/checkpoint-{step}" in capsys.readouterr().out
 
 
 def test_same_seed_same_metrics(tiny):

@@ -106,13 +106,18 @@ def curve_figures(run_dir, n, max_new):
 
 
 def read_rollouts(run_dir):
-    """The parsed lines of a run's rollouts.jsonl, one sampled response each; [] when the run
-    logged none (--log_rollouts 0)."""
-    path = os.path.join(run_dir, "rollouts.jsonl")
+    """A run's rollouts.jsonl (a line a prompt, its responses in a list) as one dict a sampled
+    response: step, problem, golds, response, answer, tokens, reward, advantage, truncated. []
+    when the run logged none (--log_rollouts 0)."""
+    path, flat = os.path.join(run_dir, "rollouts.jsonl"), []
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            group = json.loads(line)
+            for r in group.pop("responses"):
+                flat.append({**group, "response": r.pop("text"), **r})
+    return flat
 
 
 def typical_wrong(rollouts, step):
@@ -184,7 +189,7 @@ def wrong_response_excerpt(examples, width=300):
     wrong responses, its answer against the gold, and the prompt and response on one line
     (the response clipped to `width` characters).
 
-    >>> w = {"step": 40, "group": 3, "prompt": "Solve for x: 2x+1=7.", "golds": ["3"],
+    >>> w = {"step": 40, "problem": "Solve for x: 2x+1=7.", "golds": ["3"],
     ...      "response": " Guess: I am not sure. It is a guess. \\boxed{2}.", "answer": "2",
     ...      "tokens": 38, "reward": 0.0, "advantage": -0.5, "truncated": False,
     ...      "mean_incorrect_tokens": 37.6, "n_incorrect": 120}
@@ -214,7 +219,7 @@ def wrong_response_excerpt(examples, width=300):
                 f"{algo:>8s} step {step:2d}: {w['tokens']} tokens (mean of {w['n_incorrect']} "
                 f"wrong: {w['mean_incorrect_tokens']:.1f}), {answer}, "
                 f"gold {' or '.join(w['golds'])}{cut}",
-                f'{"":12s}{one_line(w["prompt"], 80)} -> "{one_line(w["response"], width)}"',
+                f'{"":12s}{one_line(w["problem"], 80)} -> "{one_line(w["response"], width)}"',
             ]
     return "\n".join(lines)
 

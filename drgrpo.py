@@ -18,6 +18,7 @@ Run: python drgrpo.py train|eval|plot --help. The offline demo on a CPU: python 
 """
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
@@ -72,7 +73,6 @@ class Config:
     grad_clip: float = knob(1.0, "clip the global gradient norm; guards against rare huge updates")
     train_batch_size: int = knob(128, "responses per optimizer step (paper: 128)")
     micro_batch_size: int = knob(4, "responses per forward/backward: memory, never the math")
-    micro_batch_tokens: int = knob(0, "if > 0: micro-batches of up to N padded tokens instead")
     fused_head: bool = knob(True, "a chunked LM head with its own backward (false: section 7's)")
     epochs_per_rollout: int = knob(1, "passes over each rollout (paper: 1)")
     clip_eps_low: float = knob(0.2, "PPO clip: ratio floor 1-eps (paper Eq. 1: 0.2)")
@@ -238,14 +238,11 @@ class HFSampler:
         torch.manual_seed(seed)
         model.eval()  # train() puts it back in training mode for the update
         per_call, out = max(1, self.batch_size // n), []
+        encode = dict(return_tensors="pt", padding=True, pad_to_multiple_of=self.pad_multiple)
         for i in range(0, len(prompts), per_call):
-            enc = tok(
-                prompts[i : i + per_call],
-                return_tensors="pt",
-                padding=True,
-                pad_to_multiple_of=self.pad_multiple,
-                add_special_tokens=False,
-            ).to(model.device)
+            enc = tok(prompts[i : i + per_call], add_special_tokens=False, **encode).to(
+                model.device
+            )
             gen = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -329,9 +326,7 @@ class VLLMSampler:
     @torch.no_grad()
     def sync(self, model):
         """Copy the trainer's weights into the engine, so that sampling stays on-policy. -> seconds.
-        The worker's `reload_weights` re-runs the checkpoint loader on our tensors (the LM head
-        too, tied or not): on a CPU, vLLM pre-packs its layers and the model's `load_weights`
-        fails."""
+        `reload_weights` runs vLLM's own loader on them (on a CPU `load_weights` fails)."""
         t = time.time()
         weights = [(k, v.detach()) for k, v in model.state_dict().items()]  # the engine casts them
         worker = self.llm.llm_engine.model_executor.driver_worker
@@ -473,11 +468,8 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, work=None):
     -> stats (entropy and clip_frac are means over the trained tokens)."""
     work = model if work is None else work
     # The normalisers count every response of the batch, the skipped ones too: the same loss.
-    norms = dict(
-        batch_seqs=len(batch),
-        batch_tokens=sum(len(s.completion.token_ids) for s in batch),
-        norm_const=cfg.loss_norm_const,
-    )
+    tokens = sum(len(s.completion.token_ids) for s in batch)
+    norms = dict(batch_seqs=len(batch), batch_tokens=tokens, norm_const=cfg.loss_norm_const)
     # A zero advantage (an all-right or all-wrong group) adds exactly 0 to Eq. 1 and its gradient.
     # With no KL term (paper: beta = 0) such responses are skipped: often a third of a rollout.
     train_on = [s for s in batch if s.advantage != 0 or cfg.kl_beta > 0]
@@ -517,12 +509,9 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, work=None):
     else:  # a NaN or inf gradient would destroy the weights: skip this update, keep going
         print(f"warning: non-finite gradient norm ({grad_norm}); update skipped")
     optimizer.zero_grad(set_to_none=True)
-    stats = {k: float(v) for k, v in stats.items()}
-    return stats | {
-        "trained_frac": len(train_on) / max(1, len(batch)),
-        "grad_norm": grad_norm,
-        "skipped_updates": float(not math.isfinite(grad_norm)),
-    }
+    stats = {k: float(v) for k, v in stats.items()} | {"grad_norm": grad_norm}
+    stats["skipped_updates"] = float(not math.isfinite(grad_norm))
+    return stats | {"trained_frac": len(train_on) / max(1, len(batch))}
 
 
 def update_policy(cfg, samples, rng, model, work, ref_model, optimizer, pad_id):
@@ -552,7 +541,7 @@ def train(cfg):
     cfg = resolve(cfg)
     data = load_jsonl(cfg.train_data)  # bad data, out_dir or model: fail before anything slow
     check_writable(cfg.out_dir)
-    ckpt, run = resume_point(cfg)  # run: the step, the data order and cursor, bad steps in a row
+    ckpt, run = resume_point(cfg)  # run: the step, the data order and cursor, recent metrics
     if run["step"] >= cfg.steps:
         print(f"{ckpt}: this run is complete (step {run['step']} of --steps {cfg.steps})")
         return ckpt
@@ -615,8 +604,7 @@ def train(cfg):
             table, _ = evaluate(cfg, model, tokenizer, sampler=sampler)
             keys = ("accuracy", "accuracy_ci", "len_mean", "truncated_frac")
             m |= {f"eval/{name}/{k}": r[k] for name, r in table.items() for k in keys}
-        log_metrics(metrics_path, m, bar)
-        log_rollouts(cfg, step, rows, groups=groups, rewards=rewards, advantages=advantages)
+        log_step(cfg, m, bar, rows=rows, groups=groups, rewards=rewards, advantages=advantages)
         history = [*run["history"], m][-DOCTOR_WINDOW:]
         sick = diagnose(cfg, history)  # None, or (the cause and its fix, an exit code)
         run.update(step=step, history=[] if sick else history)  # after a stop: judged anew
@@ -636,16 +624,16 @@ class UserError(Exception):
 
 
 class TrainingStopped(Exception):
-    """The doctor found that the run cannot learn (appendix E), after saving: exit code .code."""
+    """The run ended early: the doctor's causes (exit codes 3-8, appendix E), SIGTERM after saving
+    (143, as shells report it), a checkpoint that could not be written (74)."""
 
-
-class Terminated(Exception):
-    """SIGTERM, after saving a checkpoint: exit code 143, as shells report it."""
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
 
 
 def resolve(cfg):
-    """Fill the toggles from --algo (grpo: adv_norm "group", loss_agg "seq_mean_token_mean") and
-    check the flags, before anything slow happens."""
+    """The toggles filled in from --algo, and every flag checked, before anything slow."""
     check(cfg.algo in ALGO_PRESETS, f"--algo {cfg.algo!r}: choose one of {', '.join(ALGO_PRESETS)}")
     adv_norm, loss_agg = ALGO_PRESETS[cfg.algo]
     cfg = replace(cfg, adv_norm=cfg.adv_norm or adv_norm, loss_agg=cfg.loss_agg or loss_agg)
@@ -684,20 +672,17 @@ def check_writable(out_dir):
 
 
 def check_model(name):
-    """--model must be a local directory or on the hub (or its cache): one line, not a traceback."""
+    """--model: a local directory, or on the hub (or in its cache); else one line, no traceback."""
     from huggingface_hub import file_exists, try_to_load_from_cache
 
-    try:
+    why = "the hub has no such model"
+    try:  # the hub asked once, not with the retries of a download
         cached = os.path.isdir(name) or try_to_load_from_cache(name, "config.json")
-        if isinstance(cached, str | bool) or file_exists(name, "config.json"):
-            return
-        why = "the hub has no such model"
+        ok = isinstance(cached, str | bool) or file_exists(name, "config.json")
     except Exception as e:  # offline, a malformed name, no permission
-        why = f"the hub cannot be asked ({type(e).__name__})"
-    raise UserError(
-        f"--model {name}: not a local directory, and {why}; point --model at a local copy "
-        f"(e.g. `hf download {name} --local-dir DIR` where the hub is reachable)"
-    )
+        ok, why = False, f"the hub cannot be asked ({type(e).__name__})"
+    hint = f"point --model at a local copy (`hf download {name} --local-dir DIR`, online)"
+    check(ok, f"--model {name}: not a local directory, and {why}; {hint}")
 
 
 def load_jsonl(path, quiet=False):
@@ -756,8 +741,7 @@ def stop_token_ids(tokenizer):
 
 
 def make_sampler(cfg, model, tokenizer, rows):
-    """The sampler --sampler asks for (auto: vLLM if installed, else HF). vLLM sizes its context
-    for the longest prompt among `rows` (and --eval_data's, with --eval_every)."""
+    """--sampler's sampler; vLLM's context fits the longest prompt of `rows` (and --eval_data)."""
     import importlib.util
 
     if cfg.sampler == "hf" or (cfg.sampler == "auto" and not importlib.util.find_spec("vllm")):
@@ -861,9 +845,8 @@ def start_grader():
 
 
 def grade_batch(items, workers=4, timeout=10.0):
-    """grade(*args) for each of `items` in `workers` processes. A response not graded in `timeout`
-    seconds (math-verify can take minutes on a hostile one) scores 0, its worker killed and
-    replaced. -> (grades, how many responses timed out or crashed their worker)"""
+    """grade(*args) for each of `items` in `workers` processes. Not graded in `timeout` s (a hostile
+    response can take minutes): 0, its worker killed and replaced. -> (grades, failures)"""
     GRADERS[:] = [g for g in GRADERS if g[0].is_alive()]
     GRADERS.extend(start_grader() for _ in range(workers - len(GRADERS)))
     grades, failed, todo, busy = [0.0] * len(items), 0, list(range(len(items)))[::-1], {}
@@ -872,7 +855,8 @@ def grade_batch(items, workers=4, timeout=10.0):
             for w in range(workers):
                 if w not in busy and todo:
                     busy[w] = todo.pop(), time.monotonic() + timeout
-                    GRADERS[w][1].send(items[busy[w][0]])
+                    with contextlib.suppress(OSError):  # dead while idle: its EOF is seen below
+                        GRADERS[w][1].send(items[busy[w][0]])
             wait_s = max(0, min(d for _, d in busy.values()) - time.monotonic())
             ready = multiprocessing.connection.wait([GRADERS[w][1] for w in busy], wait_s)
             for w, (i, deadline) in list(busy.items()):
@@ -898,8 +882,7 @@ def grade_batch(items, workers=4, timeout=10.0):
 
 
 def grade_groups(cfg, rows, groups, cut_is_0=True):
-    """The grades of each row's responses (a list per row), by grade_batch, and how many failed.
-    cut_is_0: a response cut at max_new_tokens scores 0 (training), else it is graded."""
+    """grade_batch's grades, a list per row, and its failures. cut_is_0: a cut response scores 0."""
     pairs = [(c, r["golds"]) for r, group in zip(rows, groups, strict=True) for c in group]
     items = [(c.text, g, cfg.template, c.truncated and cut_is_0, cfg.r1_strict) for c, g in pairs]
     flat, failed = grade_batch(items, cfg.grade_workers, cfg.grade_timeout)
@@ -938,8 +921,7 @@ def save_checkpoint(model, tokenizer, path, state=None):
 
 
 def checkpoints(out_dir):
-    """[(step, path)] of out_dir's resumable checkpoints, oldest first. A `.tmp` directory is a
-    write that a crash cut short: it is deleted."""
+    """[(step, path)] of out_dir's checkpoints, oldest first; a crash's `.tmp` one is deleted."""
     found = []
     for name in os.listdir(out_dir):
         (kind, _, step), path = name.partition("-"), os.path.join(out_dir, name)
@@ -951,14 +933,34 @@ def checkpoints(out_dir):
 
 
 def resume_point(cfg):
-    """-> (the checkpoint to go on from, or None; the run's saved state, or a fresh one)."""
-    newest = [None, *(path for _, path in checkpoints(cfg.out_dir))][-1]
-    ckpt = {"auto": newest, "never": None, "no": None}.get(cfg.resume, cfg.resume)
-    if not ckpt:
+    """-> (the checkpoint to go on from, or None; its saved state, or a fresh one): the newest."""
+    if cfg.resume in ("never", "no"):
         return None, dict(step=0, order=[], cursor=0, history=[])
-    if not os.path.isfile(os.path.join(ckpt, STATE)):
-        raise UserError(f"--resume {ckpt}: not a checkpoint of this trainer (no {STATE} in it)")
-    return ckpt, torch.load(os.path.join(ckpt, STATE), map_location="cpu", weights_only=True)
+    if cfg.resume != "auto":
+        message = f"--resume {cfg.resume}: not a checkpoint of this trainer (no {STATE} in it)"
+        check(os.path.isfile(os.path.join(cfg.resume, STATE)), message)
+        return cfg.resume, load_state(cfg.resume)
+    found = [path for _, path in checkpoints(cfg.out_dir)][::-1]  # newest first
+    for ckpt in found:
+        try:
+            return ckpt, load_state(ckpt)
+        except UserError as e:
+            print(f"{e}: going back to the checkpoint before it")
+    check(not found, f"{cfg.out_dir}: no intact checkpoint; --resume never starts over")
+    return resume_point(replace(cfg, resume="never"))
+
+
+def load_state(ckpt):
+    """`ckpt`'s trainer state, once its weights pass safetensors' size check. Damaged: UserError."""
+    from safetensors import safe_open
+
+    for name in [*sorted(n for n in os.listdir(ckpt) if n.endswith(".safetensors")), STATE]:
+        try:
+            if name == STATE:
+                return torch.load(os.path.join(ckpt, name), map_location="cpu", weights_only=True)
+            safe_open(os.path.join(ckpt, name), "pt")  # reads the header, checks the size
+        except Exception as e:  # cut short, or other bytes: whatever the loaders raise
+            raise UserError(f"{ckpt}: {name} is damaged ({type(e).__name__})") from None
 
 
 def restore(ckpt, run, optimizer, rng):
@@ -972,18 +974,33 @@ def restore(ckpt, run, optimizer, rng):
 
 
 def forget_after(cfg, step):
-    """Past `step`, out_dir holds a future that is being done again (or an old run): drop its
-    checkpoints and metrics lines (a crash may have left half of one). -> metrics.jsonl's path"""
+    """Drop out_dir's checkpoints and log lines past `step`: they are done again. -> metrics path"""
     for s, path in checkpoints(cfg.out_dir):
         if s > step:
             shutil.rmtree(path)
     for name in ("rollouts.jsonl", "metrics.jsonl"):
         path = os.path.join(cfg.out_dir, name)
-        with open(path, "a+b") as f:
-            f.seek(0)  # the lines are in step order: the kept ones are a prefix
-            kept = [x for x in f if x.endswith(b"\n") and json.loads(x)["step"] <= step]
-            f.truncate(sum(map(len, kept)))
+        lines = open(path, "rb").readlines() if os.path.exists(path) else []
+        steps = [step_of(x) for x in lines]
+        kept = [x for x, s in zip(lines, steps, strict=True) if s is not None and s <= step]
+        if None in steps:  # a crash's half line, or a damaged one
+            print(f"{path}: dropped {steps.count(None)} damaged lines")
+        with open(path + ".tmp", "wb") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
     return path
+
+
+def step_of(line):
+    """The step of a log line; None for a damaged one: not JSON, or cut short by a crash."""
+    try:
+        return json.loads(line)["step"] if line.endswith(b"\n") else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def checkpoint_gb(model):  # fp32 weights and Adam's two moments (4 + 8 bytes a weight), tokenizer
+    return (12 * sum(p.numel() for p in model.parameters()) + (16 << 20)) / 1e9
 
 
 def save_run(cfg, run, model, tokenizer, optimizer, rng):
@@ -991,7 +1008,16 @@ def save_run(cfg, run, model, tokenizer, optimizer, rng):
     state = dict(run, optimizer=optimizer.state_dict(), rng=rng.getstate())
     state |= dict(torch_rng=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())
     path = os.path.join(cfg.out_dir, f"checkpoint-{run['step']}")
-    save_checkpoint(model, tokenizer, path, state=state)
+    try:
+        save_checkpoint(model, tokenizer, path, state=state)
+    except (OSError, RuntimeError) as e:  # a full disk (torch.save's is a RuntimeError), any OS
+        free = shutil.disk_usage(cfg.out_dir).free / 1e9  # error; nothing half-written is left
+        why = getattr(e, "strerror", None) or type(e).__name__
+        why += f"; it needs ~{checkpoint_gb(model):.2f} GB, {free:.2f} GB are free"
+        message = (
+            f"stopped: {path} could not be written ({why}); the earlier checkpoints are intact"
+        )
+        raise TrainingStopped(message, 74) from None
     for _, old in checkpoints(cfg.out_dir)[: -cfg.keep_checkpoints]:  # keep 0: [:-0] is []
         shutil.rmtree(old)
     return path
@@ -1017,14 +1043,15 @@ class StopRequest:
         """The last step is done: put the handlers back, and raise what ends the run early."""
         for s, before in self.before.items():
             signal.signal(s, before)
-        if sick:  # the line, and the exit code of its cause (3-8)
-            stopped = TrainingStopped(f"step {step}: {sick[0]} (saved: {ckpt})")
-            stopped.code = sick[1]
-            raise stopped
+        if sick:  # the line, and the exit code of its cause
+            raise TrainingStopped(f"stopped: step {step}: {sick[0]} (saved: {ckpt})", sick[1])
         how = "run the same command to resume" if resume == "auto" else "resume with --resume auto"
+        if self.signal == SIGINT:
+            raise KeyboardInterrupt(f"at step {step}; checkpoint saved in {ckpt}; {how}")
         if self.signal:
-            kind = KeyboardInterrupt if self.signal == SIGINT else Terminated
-            raise kind(f"at step {step}; checkpoint saved in {ckpt}; {how}")
+            raise TrainingStopped(
+                f"interrupted at step {step}; checkpoint saved in {ckpt}; {how}", 143
+            )
 
 
 # --- D. Batches, models and devices, and the fast paths (each tested equal to the plain one) -----
@@ -1052,18 +1079,9 @@ def collate(samples, pad_id, device):
 
 
 def micro_batches(samples, cfg):
-    """Length-sorted samples -> micro-batches of --micro_batch_size or, with --micro_batch_tokens
-    (verl's ppo_max_token_len_per_gpu), as many as fit in count x longest padded tokens."""
-    if not cfg.micro_batch_tokens:
-        size = cfg.micro_batch_size
-        return [samples[i : i + size] for i in range(0, len(samples), size)]
-    out = []
-    for s in samples:
-        lengths = [span(x)[1] + 1 for x in (out[-1] if out else []) + [s]]
-        if not out or len(lengths) * max(lengths) > cfg.micro_batch_tokens:
-            out.append([])
-        out[-1].append(s)
-    return out
+    """Samples -> micro-batches of --micro_batch_size (sorted by length, they pad little)."""
+    size = cfg.micro_batch_size
+    return [samples[i : i + size] for i in range(0, len(samples), size)]
 
 
 class FusedLMHead(torch.autograd.Function):
@@ -1127,9 +1145,8 @@ def load_model(path, device):
 
 
 def working_copy(model, dtype, replace=False):
-    """A bf16 copy of the fp32 master weights (buffers stay fp32) for forward, backward and HF
-    sampling; Adam updates the master (FSDP's MixedPrecision). Cast once a step, not in every
-    micro-batch as autocast does. fp32 (dtype None): `model` itself."""
+    """A bf16 copy of the fp32 master weights that Adam updates (FSDP's MixedPrecision), cast once
+    a step, not in every micro-batch as autocast does. fp32 (dtype None): `model` itself."""
     work = model if replace or dtype is None else copy.deepcopy(model)
     for p in work.parameters() if dtype else ():
         p.data = p.data.to(dtype)
@@ -1150,6 +1167,10 @@ def print_plan(cfg, model, sampler, n_problems, bf16):
     responses = cfg.prompts_per_rollout * cfg.group_size
     updates = responses // cfg.train_batch_size * cfg.epochs_per_rollout
     precision = " (bf16, fp32 master weights)" if bf16 else " (fp32)"
+    free = shutil.disk_usage(cfg.out_dir).free / 1e9
+    at_once = (cfg.keep_checkpoints or cfg.steps // max(cfg.save_every, 1)) + 1  # +1: the next is
+    if free < (need := at_once * checkpoint_gb(model)):  # written before the oldest goes
+        print(f"warning: {cfg.out_dir}: {free:.2f} GB free, {at_once} checkpoints: {need:.2f} GB")
     print(
         f"model {cfg.model}: {n_params / 1e6:.1f}M params on {model.device.type}{precision} | "
         f"sampler: {sampler.name} | template {cfg.template}\n"
@@ -1196,8 +1217,7 @@ def rollout_metrics(groups, rewards, template):
 
 
 def update_metrics(cfg, samples, step_stats):
-    """The update's statistics (means over the step's optimizer steps), and how far the sampler
-    is from the trainer's pi_old."""
+    """The update's statistics (means over its optimizer steps); the sampler's gap to pi_old."""
     logged = [s for s in samples if s.completion.logprobs and s.old_logp is not None]
     gaps = [(s.old_logp.cpu() - torch.tensor(s.completion.logprobs)).abs() for s in logged]
     m = {k: sum(s[k] for s in step_stats) / len(step_stats) for k in step_stats[0]}
@@ -1205,15 +1225,8 @@ def update_metrics(cfg, samples, step_stats):
     return m
 
 
-def log_metrics(path, m, bar):
-    with open(path, "a") as f:
-        f.write(json.dumps(m) + "\n")
-    bar.set_postfix({k: round(m[k], 4) for k in ("reward", "len_mean", "loss")})
-
-
 def response_records(cfg, rows, groups, rewards, advantages=None):
-    """A JSON line per prompt: its problem and gold answers, and each response with its answer,
-    length and reward (and, in training, advantage). rollouts.jsonl and eval_responses.jsonl."""
+    """A JSON line a prompt: problem, golds, responses (rollouts.jsonl, eval_responses.jsonl)."""
     out = [dict(problem=row["problem"], golds=row["golds"], responses=[]) for row in rows]
     for i, j in itertools.product(range(len(groups)), range(len(groups[0]) if groups else 0)):
         c, answer = groups[i][j], extract_answer(groups[i][j].text, cfg.template)
@@ -1223,13 +1236,15 @@ def response_records(cfg, rows, groups, rewards, advantages=None):
     return out
 
 
-def log_rollouts(cfg, step, rows, groups, rewards, advantages):
-    """The step's first --log_rollouts responses, whole groups, into rollouts.jsonl: a line per
-    prompt. The prompts come in the data's shuffled order: a random sample, the same on a resume."""
+def log_step(cfg, m, bar, rows, groups, rewards, advantages):
+    """Append the metrics line and the first --log_rollouts responses (whole groups) to the logs."""
     n = len(groups) if cfg.log_rollouts < 0 else math.ceil(cfg.log_rollouts / cfg.group_size)
     records = response_records(cfg, rows[:n], groups[:n], rewards.tolist(), advantages.tolist())
-    with open(os.path.join(cfg.out_dir, "rollouts.jsonl"), "a") as f:
-        f.writelines(json.dumps(dict(step=step) | r) + "\n" for r in records)
+    logs = {"metrics.jsonl": [m], "rollouts.jsonl": [{"step": m["step"]} | r for r in records]}
+    for name, lines in logs.items():
+        with open(os.path.join(cfg.out_dir, name), "a") as f:
+            f.writelines(json.dumps(x) + "\n" for x in lines)
+    bar.set_postfix({k: round(m[k], 4) for k in ("reward", "len_mean", "loss")})
 
 
 # The doctor: can this run learn? Each check reads the last DOCTOR_WINDOW steps: one odd step (hard
@@ -1243,8 +1258,7 @@ MOST_FAILED = 0.5  # share of responses whose grading timed out or crashed
 
 
 def diagnose(cfg, history):
-    """Why the last DOCTOR_WINDOW steps (metrics.jsonl lines) could not teach the model, and what
-    to do: -> (one line, an exit code), or None (healthy, too few steps, or --doctor false)."""
+    """Why the last steps' metrics could not teach the model: (one line, exit code), or None."""
     if not cfg.doctor or len(history) < DOCTOR_WINDOW:
         return None
     keys = [k for k, v in history[-1].items() if not isinstance(v, list)]  # not eval's intervals
@@ -1338,8 +1352,7 @@ def pass_at_k(n, c, k):
 
 
 def run_eval(cfg):
-    """`python drgrpo.py eval`: --model's accuracy on each --eval_data file and on average, as a
-    table and in <out_dir>/eval.json, and every response with its grade (eval_responses.jsonl)."""
+    """`python drgrpo.py eval`: a table, <out_dir>/eval.json and every response, graded."""
     cfg = resolve(cfg)
     files = [f for f in cfg.eval_data.split(",") if f]
     check(files, "--eval_data: give at least one JSONL file")
@@ -1375,15 +1388,12 @@ def run_eval(cfg):
 
 
 def plot(run_dirs, path=None):
-    """`python drgrpo.py plot RUN_DIR...`: the paper's Fig. 1 (right) for runs, overlaid: reward
-    and the lengths of correct and incorrect responses per step, from each run's metrics.jsonl.
-    Needs matplotlib. Writes curves.png in the runs' common parent directory. -> its path"""
-    import matplotlib
+    """`python drgrpo.py plot RUN_DIR...`: the paper's Fig. 1 (right), runs overlaid: reward and
+    correct/incorrect lengths per step (matplotlib), in curves.png in their parent. -> its path"""
+    from matplotlib.figure import Figure  # no pyplot: no display, no global state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for run in run_dirs:
         lines = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
         for ax, key in zip(axes, ("reward", "len_correct", "len_incorrect"), strict=True):
@@ -1396,15 +1406,13 @@ def plot(run_dirs, path=None):
     fig.tight_layout()
     parent = os.path.commonpath([os.path.abspath(r) for r in run_dirs])
     fig.savefig(path := path or os.path.join(parent, "curves.png"), dpi=110)
-    plt.close(fig)
     print(f"figure: {path}")
     return path
 
 
 # --- G. Command line: `python drgrpo.py train|eval --flag value ...`, `drgrpo.py plot DIR ...` --
 def parse_args(argv=None):
-    """-> (mode, Config) for train and eval (flags left out keep the paper's defaults), or
-    ("plot", [run directories]). Without a mode, the mode is train."""
+    """-> (mode, Config) for train (the default mode) and eval, or ("plot", [run directories])."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in ("train", "eval", "plot", "-h", "--help"):
         argv = ["train", *argv]
@@ -1428,22 +1436,14 @@ def parse_args(argv=None):
     return (mode, given["run_dirs"]) if mode == "plot" else (mode, replace(Config(), **given))
 
 
-EXITS = {  # what ends a run early -> how main() reports it: one line, and an exit code
-    UserError: ("error:", 2),
-    TrainingStopped: ("stopped:", 3),  # its own code: one for each cause
-    KeyboardInterrupt: ("interrupted", 130),
-    Terminated: ("interrupted", 143),
-}
-
-
 def main(argv=None):
     try:
         mode, args = parse_args(argv)
         return {"train": train, "eval": run_eval, "plot": plot}[mode](args)
-    except tuple(EXITS) as e:  # an interruption says where its checkpoint is
-        what, code = EXITS[type(e)]
-        print(f"drgrpo: {what} {e}".rstrip(), file=sys.stderr)
-        sys.exit(getattr(e, "code", code))
+    except (UserError, TrainingStopped, KeyboardInterrupt) as e:  # one line, and an exit code
+        what = {UserError: "error: ", KeyboardInterrupt: "interrupted "}.get(type(e), "")
+        print(f"drgrpo: {what}{e}".rstrip(), file=sys.stderr)  # (where its checkpoint is)
+        sys.exit(getattr(e, "code", 130 if isinstance(e, KeyboardInterrupt) else 2))  # Ctrl-C: 130
 
 
 if __name__ == "__main__":

@@ -422,7 +422,6 @@ def update_mfu(
     micro_batch=8,
     steps=3,
     checkpointing=False,
-    micro_batch_tokens=0,
 ):
     """drgrpo's update phase alone, a bf16 working copy over fp32 master weights as `train` runs it
     on a GPU, on a synthetic rollout of random tokens (prompts x G responses, lengths uniform in
@@ -458,7 +457,6 @@ def update_mfu(
             micro_batch_size=micro_batch,
             max_new_tokens=max_new,
             lr=1e-6,
-            micro_batch_tokens=micro_batch_tokens,
         )
     )
     optimizer = torch.optim.AdamW(
@@ -499,7 +497,6 @@ def update_mfu(
         "response_tokens": response,
         "prompt_tokens": prompt_len * len(samples),
         "micro_batch": micro_batch,
-        "micro_batch_tokens": micro_batch_tokens,
         "checkpointing": checkpointing,
         "update_s": times,
         "median_s": step_s,
@@ -671,13 +668,6 @@ def main():
         help="with --update_mfu: longest response (lengths are uniform in [max_new/16, max_new])",
     )
     p.add_argument(
-        "--micro_batch_tokens",
-        type=int,
-        default=0,
-        help="with --update_mfu: padded tokens per "
-        "micro-batch instead (drgrpo's --micro_batch_tokens)",
-    )
-    p.add_argument(
         "--static_cache",
         action="store_true",
         help="with --hf_sampler: a static KV cache (drgrpo's "
@@ -719,7 +709,6 @@ def main():
             args.update_mfu,
             checkpointing=args.checkpointing,
             micro_batch=args.micro_batch,
-            micro_batch_tokens=args.micro_batch_tokens,
             **(small or big),
         )
         with open(os.path.join(OUT, "update_mfu.json"), "w") as f:

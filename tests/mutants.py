@@ -252,6 +252,28 @@ MUTANTS = [
         "cut_is_0=True",
         ["tests/test_eval.py"],
     ),
+    # Faults: a damaged checkpoint, a damaged log line, a failed save
+    (
+        "F1",
+        "a checkpoint's weights not checked on resume (a file cut short crashes the load)",
+        '            safe_open(os.path.join(ckpt, name), "pt")',
+        "            pass",
+        ["tests/test_faults.py"],
+    ),
+    (
+        "F2",
+        "damaged log lines kept on resume",
+        "if s is not None and s <= step]",
+        "if s is None or s <= step]",
+        ["tests/test_faults.py"],
+    ),
+    (
+        "F3",
+        "a save that fails for lack of space ends in a traceback",
+        "    except (OSError, RuntimeError) as e:",
+        "    except ValueError as e:",
+        ["tests/test_resume.py"],
+    ),
 ]
 
 

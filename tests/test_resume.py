@@ -240,7 +240,19 @@ def digest(path):
     }
 
 
-def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "error, why",
+    [  # as a full disk surfaces: from the OS, or from torch.save's zip writer
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+        (
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos"),
+            "RuntimeError",
+        ),
+    ],
+)
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(
+    tiny, tmp_path, monkeypatch, error, why
+):
     cfg = tiny_cfg(tiny, steps=3, save_every=1, out_dir=str(tmp_path / "run"))
     ckpt2, before = os.path.join(cfg.out_dir, "checkpoint-2"), {}
     real = torch.save
@@ -249,12 +261,20 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny, tmp_path,
         if "checkpoint-3" in str(path):
             before.update(digest(ckpt2))
             open(path, "wb").write(b"the first bytes")
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise error
         return real(obj, path, *args, **kw)
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(drgrpo.TrainingStopped) as stop:
         train(cfg)
+    # one line: what was not saved, why, what it needs, what is free, and that nothing is lost
+    need = drgrpo.checkpoint_gb(drgrpo.load_model(tiny["model"], "cpu")[0])
+    said = re.fullmatch(
+        rf"stopped: {cfg.out_dir}/checkpoint-3 could not be written \({why}; it "
+        rf"needs ~{need:.2f} GB, [\d.]+ GB are free\); the earlier checkpoints are intact",
+        str(stop.value),
+    )
+    assert said and stop.value.code == 74, str(stop.value)
     # no .tmp left
     files = ["checkpoint-1", "checkpoint-2", "metrics.jsonl", "rollouts.jsonl"]
     assert sorted(os.listdir(cfg.out_dir)) == files

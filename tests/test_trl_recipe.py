@@ -107,7 +107,6 @@ ELSEWHERE = {
     "template",
     "r1_strict",
     "grade_workers",
-    "micro_batch_tokens",
     "grade_timeout",
     "resume",
     "eval_data",

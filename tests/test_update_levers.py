@@ -3,8 +3,7 @@ the CPU against the plain path:
 
 - no attention mask (right padding, causal attention): log-probs, entropy, loss and gradients equal
   to an unpadded forward of each response alone, for the three aggregations;
-- micro-batches by a token budget (--micro_batch_tokens): the same loss and
-  gradients as micro-batches by count;
+- micro-batches of any size: the same loss and gradients;
 - the bf16 working copy over fp32 master weights: gradients in fp32, equal to the fp32 path to
   bf16's precision, and the copy refreshed from the master after the step;
 - no host sync inside the micro-batch loop: one `.item()` per optimizer
@@ -100,10 +99,12 @@ def test_update_equals_the_plain_unpadded_loss_and_gradient(loss_agg):
     assert flat_grads(ref).abs().sum() > 0
 
 
-def test_token_budget_micro_batches_fit_the_budget_and_keep_every_sample():
+def test_pretraining_token_budget_fits_the_budget_and_keeps_every_sample():
+    """data/arith/prepare.py's micro-batches by a token budget (verl's dynamic batch size)."""
+    from conftest import arith
+
     batch = sorted(rollout(), key=lambda s: drgrpo.span(s)[1])
-    cfg = cfg_for("seq_mean_token_mean", micro_batch_tokens=40)
-    mbs = drgrpo.micro_batches(batch, cfg)
+    mbs = arith.token_budget_batches(batch, 40)
     assert [s for mb in mbs for s in mb] == batch  # all of them, in order
     # the budget splits, and packs several where they fit
     assert len(mbs) > 1 and max(map(len, mbs)) > 1
@@ -116,11 +117,11 @@ def test_token_budget_micro_batches_fit_the_budget_and_keep_every_sample():
 
 
 @pytest.mark.parametrize("loss_agg", drgrpo.LOSS_AGGS)
-def test_token_budget_micro_batches_give_the_same_loss_and_gradient(loss_agg):
+def test_micro_batch_size_gives_the_same_loss_and_gradient(loss_agg):
     model, batch = random_qwen(), rollout()
     results = [
         sgd_step(copy.deepcopy(model), batch, cfg_for(loss_agg, **kw))
-        for kw in ({"micro_batch_size": 12}, {"micro_batch_size": 1}, {"micro_batch_tokens": 40})
+        for kw in ({"micro_batch_size": 12}, {"micro_batch_size": 1}, {"micro_batch_size": 4})
     ]
     for stats, grad in results[1:]:
         assert stats["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5, abs=1e-8)
@@ -196,7 +197,7 @@ def test_pretraining_micro_batches_give_the_full_batch_loss_and_gradient():
 
     model, batch = random_qwen(), rollout()
     by_length = sorted(batch, key=lambda s: drgrpo.span(s)[1])
-    assert len(drgrpo.micro_batches(by_length, Config(micro_batch_tokens=40))) >= 4  # really split
+    assert len(arith.token_budget_batches(by_length, 40)) >= 4  # really split
     results = []
     for budget in (10**9, 40):
         model.zero_grad(set_to_none=True)

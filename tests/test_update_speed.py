@@ -261,19 +261,13 @@ def test_chunked_head_never_holds_the_full_logits():
 def test_the_gpu_update_bench_runs_here_on_a_tiny_shape():
     """`tests/bench.py --update_mfu qwen2.5-0.5b` and `--hf_sampler qwen2.5-0.5b` are meant for a
     GPU, which CI lacks: their code paths (bf16 working copy over fp32 weights, synthetic rollout,
-    token budget, MFU arithmetic; forced-length sampling, static KV cache) are exercised
+    micro-batches, MFU arithmetic; forced-length sampling, static KV cache) are exercised
     here on a tiny shape on the CPU."""
     import bench
 
-    for budget in (0, 100):
+    for micro_batch in (1, 4):
         out = bench.update_mfu(
-            "tiny",
-            prompts=2,
-            G=2,
-            prompt_len=16,
-            max_new=64,
-            steps=1,
-            micro_batch_tokens=budget,
+            "tiny", prompts=2, G=2, prompt_len=16, max_new=64, steps=1, micro_batch=micro_batch
         )
         assert out["responses"] == 4 and 4 * 4 <= out["response_tokens"] <= 4 * 64
         assert out["prompt_tokens"] == 4 * 16 and out["response_tokens_per_s"] > 0

@@ -159,8 +159,8 @@ def test_the_doctor_stops_a_run_whose_engine_is_never_synced(tiny, monkeypatch, 
     assert code == 8 and gap > drgrpo.OFF_POLICY_GAP, (gap, lines)
     why = f"the sampler's log-probs in the last 3 steps were {gap:.3f} from the trainer's"
     assert message == (
-        f"step {step}: {why} (off-policy): a stale engine (a broken weight sync), or another "
-        f"--temperature/--top_p (saved: {cfg.out_dir}/checkpoint-{step})"
+        f"stopped: step {step}: {why} (off-policy): a stale engine (a broken weight sync), or "
+        f"another --temperature/--top_p (saved: {cfg.out_dir}/checkpoint-{step})"
     )
     print(f"never synced: logprob_gap per step {[m['logprob_gap'] for m in lines]}")
     monkeypatch.undo()  # a working sync: the resumed engine starts from the checkpoint

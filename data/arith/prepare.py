@@ -191,15 +191,32 @@ def build_tiny_model(tokenizer, hidden=128, layers=4, heads=4, tie=True, seed=0)
     return model
 
 
+def token_budget_batches(samples, budget):
+    """Length-sorted samples -> micro-batches of as many as fit `budget` padded tokens (count x
+    longest), verl's ppo_max_token_len_per_gpu.
+
+    >>> [len(mb) for mb in token_budget_batches([drgrpo.Sample([1] * n, drgrpo.Completion(
+    ...     [2], "", False), 0.0, 0.0) for n in (2, 2, 3, 7)], budget=10)]  # rows of 3, 3, 4, 8
+    [2, 1, 1]
+    """
+    out = []
+    for s in samples:
+        lengths = [drgrpo.span(x)[1] + 1 for x in (out[-1] if out else []) + [s]]
+        if not out or len(lengths) * max(lengths) > budget:
+            out.append([])
+        out[-1].append(s)
+    return out
+
+
 def pretrain_backward(model, batch, pad_id, micro_batch_tokens=2048):
     """The next-token loss on the solution tokens of a batch of Samples (the prompt is given), mean
     over those tokens; backpropagates it and returns it. A random batch is half padding: sorted by
-    length and cut into micro-batches of at most micro_batch_tokens padded tokens (drgrpo's
-    --micro_batch_tokens), each divided by the whole batch's token count, it is the same loss and
-    gradient (tests/test_update_levers.py) in 1.5x less time."""
+    length and cut into micro-batches of at most micro_batch_tokens padded tokens, each divided by
+    the whole batch's token count, it is the same loss and gradient (tests/test_update_levers.py)
+    in 1.5x less time."""
     by_length = sorted(batch, key=lambda s: drgrpo.span(s)[1])
     n_tokens, loss = sum(len(s.completion.token_ids) for s in batch), 0.0
-    for mb in drgrpo.micro_batches(by_length, drgrpo.Config(micro_batch_tokens=micro_batch_tokens)):
+    for mb in token_budget_batches(by_length, micro_batch_tokens):
         logp, _ = drgrpo.token_logprobs(model, drgrpo.collate(mb, pad_id, model.device))
         mb_loss = -logp.sum() / n_tokens  # (logp is 0 outside the responses)
         mb_loss.backward()

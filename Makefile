@@ -62,7 +62,7 @@ plot: install          ## reward and correct/incorrect lengths of runs: make plo
 bench: install         ## drgrpo vs TRL GRPOTrainer on this CPU: speed + memory table, runs/bench/bench.json (~1 h)
 	$(BIN)/python tests/bench.py $(ARGS)
 
-mutants: install       ## deliberate bugs put in drgrpo.py one at a time: which does no test catch? (~6 min)
+mutants: install       ## deliberate bugs put in drgrpo.py one at a time: which does no test catch? (~8 min)
 	$(BIN)/python tests/mutants.py $(ARGS)
 
 clean:

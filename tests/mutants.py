@@ -2,7 +2,7 @@
 applied to drgrpo.py alone, in a temporary copy of the project, and the tests that should catch
 it run there. A bug that no test catches is printed, and the command exits with 1.
 
-    python tests/mutants.py            # every bug (about 6 minutes on 2 CPU cores)
+    python tests/mutants.py            # every bug (about 8 minutes on 2 CPU cores)
     python tests/mutants.py M3 M10     # only these
     python tests/mutants.py --list     # the bugs, and the tests that run for each
 

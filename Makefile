@@ -41,7 +41,7 @@ test: install          ## ruff format/lint checks, then the tests: loss-bias mat
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not soak" tests $(ARGS)
 
-soak: install          ## a 30-step run SIGKILLed 5 times ends as an unbroken one; graders killed (~2 min)
+soak: install          ## a 40-step run SIGKILLed 5 times ends as an unbroken one; graders killed (~2 min)
 	$(BIN)/python -m pytest -q -m soak tests $(ARGS)
 
 train: install         ## the paper's recipe: Qwen2.5-Math-1.5B, MATH level 3-5 (needs a GPU and the hub)

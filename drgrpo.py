@@ -20,7 +20,6 @@ Run: python drgrpo.py train|eval|plot --help. The offline demo on a CPU: python 
 import argparse
 import contextlib
 import copy
-import itertools
 import json
 import math
 import multiprocessing.connection
@@ -1014,10 +1013,8 @@ def save_run(cfg, run, model, tokenizer, optimizer, rng):
         free = shutil.disk_usage(cfg.out_dir).free / 1e9  # error; nothing half-written is left
         why = getattr(e, "strerror", None) or type(e).__name__
         why += f"; it needs ~{checkpoint_gb(model):.2f} GB, {free:.2f} GB are free"
-        message = (
-            f"stopped: {path} could not be written ({why}); the earlier checkpoints are intact"
-        )
-        raise TrainingStopped(message, 74) from None
+        line = f"stopped: {path} could not be written ({why}); the earlier checkpoints are intact"
+        raise TrainingStopped(line, 74) from None
     for _, old in checkpoints(cfg.out_dir)[: -cfg.keep_checkpoints]:  # keep 0: [:-0] is []
         shutil.rmtree(old)
     return path
@@ -1228,11 +1225,12 @@ def update_metrics(cfg, samples, step_stats):
 def response_records(cfg, rows, groups, rewards, advantages=None):
     """A JSON line a prompt: problem, golds, responses (rollouts.jsonl, eval_responses.jsonl)."""
     out = [dict(problem=row["problem"], golds=row["golds"], responses=[]) for row in rows]
-    for i, j in itertools.product(range(len(groups)), range(len(groups[0]) if groups else 0)):
-        c, answer = groups[i][j], extract_answer(groups[i][j].text, cfg.template)
-        r = dict(text=c.text, answer=answer, tokens=len(c.token_ids), truncated=c.truncated)
-        extra = {} if advantages is None else {"advantage": advantages[i][j]}
-        out[i]["responses"].append(r | {"reward": rewards[i][j]} | extra)
+    for i, group in enumerate(groups):
+        for j, c in enumerate(group):
+            answer = extract_answer(c.text, cfg.template)
+            r = dict(text=c.text, answer=answer, tokens=len(c.token_ids), truncated=c.truncated)
+            extra = {} if advantages is None else {"advantage": advantages[i][j]}
+            out[i]["responses"].append(r | {"reward": rewards[i][j]} | extra)
     return out
 
 

@@ -20,7 +20,9 @@ Run: python drgrpo.py train|eval|plot --help. The offline demo on a CPU: python 
 import argparse
 import contextlib
 import copy
+import importlib.util
 import json
+import logging
 import math
 import multiprocessing.connection
 import os
@@ -31,9 +33,11 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from signal import SIGINT, SIGTERM
 
+from safetensors import safe_open
 from tqdm import tqdm
 
 # Set before torch and vLLM load. vLLM's engine runs in this process, so the trainer's weights
@@ -55,20 +59,17 @@ class Config:
     # The algorithm: the two toggles the paper is about, and a preset that sets both (a toggle
     # left empty takes the preset's value).
     algo: str = knob("dr_grpo", "preset for the two toggles below: grpo | dr_grpo | dapo")
-    adv_norm: str = knob("", "group: / the group's std (GRPO) | batch | none (Dr. GRPO)")
+    adv_norm: str = knob("", "group: / the group's std (GRPO) | none (Dr. GRPO)")
     loss_agg: str = knob("", "seq_mean_token_mean (GRPO) | token_mean | seq_mean_token_sum_norm")
     loss_norm_const: int = knob(0, "Dr. GRPO's C in sum_t / C; 0: max_new_tokens (reference)")
     # Rollouts.
     group_size: int = knob(8, "G, responses sampled per prompt (paper: 8)")
     prompts_per_rollout: int = knob(128, "prompts per rollout; x G responses each (paper: 128)")
     max_new_tokens: int = knob(3000, "response budget; a response cut here scores 0 (paper: 3000)")
-    temperature: float = knob(1.0, "1.0 samples the policy itself (paper: 1.0)")
+    temperature: float = knob(1.0, "T: sample softmax(logits / T), the update's pi (paper: 1.0)")
     top_p: float = knob(1.0, "nucleus sampling; 1.0 = off, keeps samples on-policy (paper: 1.0)")
     # The update.
     lr: float = knob(1e-6, "Adam learning rate, constant schedule (paper: 1e-6)")
-    adam_beta1: float = knob(0.9, "Adam beta1")
-    adam_beta2: float = knob(0.95, "Adam beta2 (0.95, usual in LLM RL: adapts faster than 0.999)")
-    weight_decay: float = knob(0.0, "no weight decay: RL should not pull weights toward 0")
     grad_clip: float = knob(1.0, "clip the global gradient norm; guards against rare huge updates")
     train_batch_size: int = knob(128, "responses per optimizer step (paper: 128)")
     micro_batch_size: int = knob(4, "responses per forward/backward: memory, never the math")
@@ -87,14 +88,12 @@ class Config:
     steps: int = knob(200, "RL steps; each = one rollout + its optimizer steps")
     seed: int = knob(0, "seeds Python, torch and the sampler")
     sampler: str = knob("auto", "auto (vLLM when importable, else hf) | vllm | hf")
-    hf_static_cache: bool = knob(False, "hf sampler: static KV cache (CUDA compiles the decoding)")
     vllm_gpu_memory: float = knob(0.35, "vLLM's GPU share (weights + KV cache)")
     dtype: str = knob("auto", "auto (CUDA: bf16 over fp32 master weights; CPU: fp32) | fp32 | bf16")
     gradient_checkpointing: bool = knob(True, "recompute activations in backward (long responses)")
     save_every: int = knob(50, "checkpoint every N steps (and at the end); 0 = only at the end")
     keep_checkpoints: int = knob(2, "keep the newest N checkpoints (0: all); each ~3x the weights")
     resume: str = knob("auto", "auto: out_dir's newest checkpoint | never: start over | PATH")
-    eval_size: int = knob(0, "evaluate only the first N problems of each file (0 = all)")
     r1_strict: bool = knob(True, "r1 template: grade 0 unless the response has '</think> <answer>'")
     eval_n: int = knob(1, "eval: 1 = greedy (paper); K > 1: K samples, avg@K and pass@k", "n")
     eval_grade_cut: bool = knob(True, "eval grades a response cut at max_new_tokens (paper)")
@@ -105,12 +104,13 @@ class Config:
     doctor: bool = knob(True, "stop a run that cannot learn, saying why (appendix E)")
 
 
+ADAM = dict(betas=(0.9, 0.95), weight_decay=0.0)  # the paper's (RL keeps its weights: no decay)
 ALGO_PRESETS = {  # algo -> (adv_norm, loss_agg)
     "grpo": ("group", "seq_mean_token_mean"),  # Shao et al. 2024; paper Eq. 2 and its advantage
     "dr_grpo": ("none", "seq_mean_token_sum_norm"),  # paper Sec. 3: both normalisations gone
     "dapo": ("group", "token_mean"),  # Yu et al. 2025: token-level mean over the whole batch
 }
-ADV_NORMS = ("group", "batch", "none")
+ADV_NORMS = ("group", "none")
 LOSS_AGGS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
 
 # --- 2. Prompt templates (paper Sec. 2, verbatim from the reference code), answer extraction -----
@@ -213,53 +213,50 @@ class Completion:
     token_ids: list  # response tokens, with the final EOS (the model must learn to stop)
     text: str  # decoded without special tokens
     truncated: bool  # True: hit max_new_tokens ("length"); False: stopped by EOS or a stop string
-    logprobs: list = None  # the sampler's log-prob of each token (diagnostics), when it gives them
+    logprobs: list = None  # the sampler's log-prob of each token, as it sampled it (diagnostics)
 
 
 class HFSampler:
     """Sampling with Hugging Face `generate`: slow but simple, and it always sees the trainer's
     current weights, because it samples with the trainer's own model object."""
 
-    name = "hf"
-    pad_multiple = None  # --hf_static_cache (appendix A) pads prompts to a multiple of 64 ...
-    cache = None  # ... and asks for a static KV cache
+    name, batch_size = "hf", 256  # responses per generate() call
 
-    def __init__(self, model, tokenizer, template, batch_size=256):
+    def __init__(self, model, tokenizer, template):
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size = batch_size  # responses per generate() call
-        self.stop_ids, self.stop_strings = stop_token_ids(tokenizer), STOP_STRINGS[template]
+        self.stop_ids, self.stop_strings = stop_token_ids(tokenizer, model), STOP_STRINGS[template]
 
     @torch.no_grad()
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
         """prompts: a list of str -> for each prompt, a list of n Completions."""
+        from transformers import GenerationConfig
+
         tok, model, greedy = self.tokenizer, self.model, temperature == 0
         tok.padding_side = "left"  # padded on the left, every prompt ends where its response starts
         torch.manual_seed(seed)
         model.eval()  # train() puts it back in training mode for the update
         per_call, out = max(1, self.batch_size // n), []
-        encode = dict(return_tensors="pt", padding=True, pad_to_multiple_of=self.pad_multiple)
+        encode = dict(add_special_tokens=False, padding=True, return_tensors="pt")
+        # All set: generate() fills unset ones from the checkpoint's (a repetition_penalty, ...)
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=n,
+            do_sample=not greedy,
+            temperature=temperature or 1.0,
+            top_p=1.0 if greedy else top_p,
+            top_k=0,  # off (transformers' default is 50)
+            eos_token_id=self.stop_ids,
+            pad_token_id=tok.pad_token_id,
+            stop_strings=self.stop_strings or None,
+        )
+        saved, model.generation_config = model.generation_config, config  # nothing to fill in
         for i in range(0, len(prompts), per_call):
-            enc = tok(prompts[i : i + per_call], add_special_tokens=False, **encode).to(
-                model.device
-            )
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=n,
-                do_sample=not greedy,
-                temperature=None if greedy else temperature,
-                top_p=None if greedy else top_p,
-                top_k=None,
-                eos_token_id=self.stop_ids,
-                pad_token_id=tok.pad_token_id,
-                stop_strings=self.stop_strings or None,
-                tokenizer=tok,
-                use_cache=True,
-                cache_implementation=self.cache,
-            )
-            new = gen[:, enc["input_ids"].shape[1] :].tolist()  # [prompts x n][new tokens]
+            batch = tok(prompts[i : i + per_call], **encode).to(model.device)
+            gen = model.generate(**batch, generation_config=config, tokenizer=tok)
+            new = gen[:, batch["input_ids"].shape[1] :].tolist()  # [prompts x n][new tokens]
             for j in range(0, len(new), n):
                 out.append([self.completion(ids, max_new_tokens) for ids in new[j : j + n]])
+        model.generation_config = saved  # the checkpoint's own, saved with it
         return out
 
     def completion(self, ids, max_new_tokens):
@@ -289,7 +286,7 @@ class VLLMSampler:
     name = "vllm"
 
     def __init__(self, model, tokenizer, template, max_model_len, seed=0, gpu_memory=0.35):
-        self.tokenizer, self.stop_ids = tokenizer, stop_token_ids(tokenizer)
+        self.tokenizer, self.stop_ids = tokenizer, stop_token_ids(tokenizer, model)
         self.stop_strings, self.on_gpu = STOP_STRINGS[template], torch.cuda.is_available()
         # The engine loads the start weights from disk (appendix D); sync keeps them current.
         self.llm = start_vllm(model.name_or_path, max_model_len, seed=seed, gpu_memory=gpu_memory)
@@ -302,7 +299,7 @@ class VLLMSampler:
             temperature=temperature,
             max_tokens=max_new_tokens,
             top_p=top_p if temperature > 0 else 1.0,
-            logprobs=0,  # the log-prob of the sampled token only
+            logprobs=0,  # the sampled token's, after temperature and top_p (appendix A: the engine)
             stop=self.stop_strings or None,
             stop_token_ids=self.stop_ids,
             include_stop_str_in_output=True,
@@ -324,8 +321,7 @@ class VLLMSampler:
 
     @torch.no_grad()
     def sync(self, model):
-        """Copy the trainer's weights into the engine, so that sampling stays on-policy. -> seconds.
-        `reload_weights` runs vLLM's own loader on them (on a CPU `load_weights` fails)."""
+        """The trainer's weights into the engine (by vLLM's own loader), to stay on-policy -> s"""
         t = time.time()
         weights = [(k, v.detach()) for k, v in model.state_dict().items()]  # the engine casts them
         worker = self.llm.llm_engine.model_executor.driver_worker
@@ -361,8 +357,6 @@ def group_advantages(rewards, adv_norm):
     centered = torch.where(std > 0, centered, torch.zeros_like(centered))
     if adv_norm == "group":  # GRPO. Dr. GRPO change 2: no division by the std ("none")
         return centered / (std + 1e-8)  # 1e-8 as the reference; never NaN
-    if adv_norm == "batch":  # one std for the whole rollout: it rescales, it does not reweight
-        return centered / (rewards.std() + 1e-8) if rewards.numel() > 1 else centered
     return centered
 
 
@@ -425,22 +419,24 @@ class Sample:
     ref_logp: torch.Tensor = None  # log pi_ref of each response token, when kl_beta > 0
 
 
-def token_logprobs(model, inputs, fused_head=True):
+def token_logprobs(model, inputs, temperature=1.0, fused_head=True):
     """log pi(token | everything before it) at each response token, and the policy's entropy
-    there. `inputs` comes from collate() (appendix D):
+    there. pi is the distribution the sampler drew from, softmax(logits / temperature), as in the
+    paper's code for pi_theta, pi_old and pi_ref. `inputs` comes from collate() (appendix D):
       ids [b, T]             prompt + response tokens of b samples, padded on the right
       response_mask [b, T-1] 1 at the positions whose *next* token is a response token
       where                  (rows, cols) of those n positions: response_mask.nonzero()
     -> logp, entropy [b, T-1], 0 at prompt and padding positions."""
     ids, response_mask, where = inputs
     # The transformer without its LM head: one hidden state per position.
-    hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state  # [b, T, d]
+    hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state  # [b, T, d]
     hidden = hidden[where]  # [n, d]: only the response positions need logits
     targets = ids[:, 1:][where]  # [n]: position t's logits predict token t+1
+    head = model.get_output_embeddings()  # the LM head (check_head: the model adds nothing to it)
     if fused_head:  # fast path (appendix D): the same numbers, no [n, V] tensor kept
-        logp, entropy = fused_head_logprobs(hidden, model.lm_head.weight, targets)
+        logp, entropy = fused_head_logprobs(hidden / temperature, head.weight, targets)
     else:
-        logits = model.lm_head(hidden).float()  # [n, V], in fp32 for the softmax
+        logits = head(hidden).float() / temperature  # [n, V], in fp32 for the softmax
         logp_all = torch.log_softmax(logits, dim=-1)  # [n, V]
         logp = logp_all.gather(1, targets[:, None])[:, 0]  # [n]: the sampled tokens' log-probs
         with torch.no_grad():  # the entropy is a diagnostic: it carries no gradient
@@ -454,9 +450,10 @@ def token_logprobs(model, inputs, fused_head=True):
 @torch.no_grad()
 def fill_logprobs(model, samples, cfg, attr, pad_id):
     """Store each response's log-probs under `model` (pi_old or pi_ref) before the update."""
-    for mb in micro_batches(samples, cfg):
+    for i in range(0, len(samples), cfg.micro_batch_size):
+        mb = samples[i : i + cfg.micro_batch_size]
         inputs = collate(mb, pad_id, model.device)
-        logp, _ = token_logprobs(model, inputs, fused_head=cfg.fused_head)
+        logp, _ = token_logprobs(model, inputs, cfg.temperature, fused_head=cfg.fused_head)
         for i, s in enumerate(mb):
             setattr(s, attr, logp[i, slice(*span(s))])
 
@@ -475,10 +472,11 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, work=None):
     n_tokens = max(1, sum(len(s.completion.token_ids) for s in train_on))
     stats = dict.fromkeys(("loss", "clip_frac", "entropy", "kl"), 0.0)  # GPU tensors: no sync
     by_length = sorted(train_on, key=lambda s: span(s)[1])  # little padding; a sum: any order
-    for mb in micro_batches(by_length, cfg):
+    for i in range(0, len(by_length), cfg.micro_batch_size):  # a loss summed over micro-batches
+        mb = by_length[i : i + cfg.micro_batch_size]
         inputs = collate(mb, pad_id, model.device)
         ids, response_mask, where = inputs  # [b, T], [b, T-1], n positions
-        logp, entropy = token_logprobs(work, inputs, fused_head=cfg.fused_head)  # [b, T-1] each
+        logp, entropy = token_logprobs(work, inputs, cfg.temperature, fused_head=cfg.fused_head)
         for i, s in enumerate(mb):  # pi_old = pi_theta on the first step (kept: diagnostics)
             if s.old_logp is None:
                 s.old_logp = logp[i, slice(*span(s))].detach()
@@ -548,14 +546,14 @@ def train(cfg):
     torch.manual_seed(cfg.seed)
     device, dtype = pick_device(cfg)
     model, tokenizer = load_model(ckpt or cfg.model, device)  # fp32: what Adam updates and we save
+    check_head(model, cfg)  # section 7's log-probs must be the model's own (appendix A)
     work = working_copy(model, dtype)  # bf16 on a GPU: runs forward, backward and the HF sampler
     if cfg.gradient_checkpointing:
         work.gradient_checkpointing_enable()
     ref_model = None  # a frozen copy of the start model, for the KL term (paper: beta = 0)
     if cfg.kl_beta > 0:
         ref_model = working_copy(load_model(cfg.model, device)[0], dtype, True).eval()
-    adam = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), **adam)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, **ADAM)
     rng = random.Random(cfg.seed)  # the data order and each rollout's shuffle
     if ckpt:  # Adam's moments and the random streams: the unbroken run's numbers from here on
         restore(ckpt, run, optimizer=optimizer, rng=rng)
@@ -623,8 +621,7 @@ class UserError(Exception):
 
 
 class TrainingStopped(Exception):
-    """The run ended early: the doctor's causes (exit codes 3-8, appendix E), SIGTERM after saving
-    (143, as shells report it), a checkpoint that could not be written (74)."""
+    """The run ended early: the doctor (exit codes 3-8), SIGTERM (143), a failed save (74)."""
 
     def __init__(self, message, code):
         super().__init__(message)
@@ -642,11 +639,23 @@ def resolve(cfg):
     for k, allowed in choices.items():
         value = getattr(cfg, k)
         check(value in allowed, f"--{k} {value!r}: choose one of {', '.join(allowed)}")
-    at_least = dict(group_size=2, max_new_tokens=1, grade_workers=1, keep_checkpoints=0)
-    at_least |= dict(train_batch_size=1, micro_batch_size=1)
-    for k, low in at_least.items():  # (a group needs 2 responses for a baseline)
-        check(getattr(cfg, k) >= low, f"--{k} {getattr(cfg, k)}: must be >= {low}")
-    check(cfg.grade_timeout > 0, f"--grade_timeout {cfg.grade_timeout}: must be > 0")
+    ranges = [  # every other number's (a group of 1 has no baseline; C < 0 reverses training)
+        ("[2, inf)", "group_size"),
+        ("[1, inf)", "max_new_tokens prompts_per_rollout epochs_per_rollout eval_n steps"),
+        ("[1, inf)", "train_batch_size micro_batch_size grade_workers"),
+        ("[0, inf)", "lr kl_beta clip_eps_high loss_norm_const keep_checkpoints save_every"),
+        ("[0, inf)", "eval_every"),
+        ("[-1, inf)", "log_rollouts"),
+        ("(0, inf)", "temperature grade_timeout grad_clip"),  # eval's greedy: --eval_n 1
+        ("[0, 1)", "clip_eps_low"),  # a ratio floor 1 - eps in (0, 1]
+        ("(0, 1]", "top_p vllm_gpu_memory"),
+    ]
+    for interval, names in ranges:
+        low, high = (float(x) for x in interval[1:-1].split(","))
+        for k, x in ((k, getattr(cfg, k)) for k in names.split()):
+            above = low <= x if interval[0] == "[" else low < x
+            below = x <= high if interval[-1] == "]" else x < high
+            check(above and below, f"--{k} {x}: must be in {interval}")
     check(cfg.eval_data or not cfg.eval_every, "--eval_every: give --eval_data, the files to use")
     batch, micro, rollout = cfg.train_batch_size, cfg.micro_batch_size, cfg.prompts_per_rollout
     message = f"--train_batch_size {batch} is not a multiple of --micro_batch_size {micro}"
@@ -661,8 +670,7 @@ def check(ok, message):
         raise UserError(message)
 
 
-def check_writable(out_dir):
-    """Fail at start-up, not after an hour of training, when results could not be saved."""
+def check_writable(out_dir):  # at start-up, not after an hour of training
     try:
         os.makedirs(out_dir, exist_ok=True)
         tempfile.TemporaryFile(dir=out_dir).close()  # a file made there, and removed
@@ -682,6 +690,19 @@ def check_model(name):
         ok, why = False, f"the hub cannot be asked ({type(e).__name__})"
     hint = f"point --model at a local copy (`hf download {name} --local-dir DIR`, online)"
     check(ok, f"--model {name}: not a local directory, and {why}; {hint}")
+
+
+def check_head(model, cfg):
+    """Refuse a model whose forward changes its logits after the LM head (Granite, Gemma2)."""
+    sample = Sample([1], Completion(list(range(2, 34)), "", False), reward=0, advantage=0)
+    ids, _, _ = inputs = collate([sample], pad_id=0, device=model.device)  # 33 tokens: any
+    with torch.no_grad():
+        ours = token_logprobs(model, inputs, cfg.temperature, fused_head=cfg.fused_head)[0][0]
+        logits = model(ids).logits[0, :-1].float() / cfg.temperature  # the model's own forward
+        theirs = logits.log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
+    off, name = (ours - theirs).abs().max().item(), type(model).__name__
+    message = f"--model {cfg.model}: {name} changes its logits after the LM head; section 7 does"
+    check(off < 1e-3, f"{message} not (its log-probs are {off:.2g} off): not supported")
 
 
 def load_jsonl(path, quiet=False):
@@ -732,22 +753,19 @@ def next_prompts(data, run, n, rng):
     return rows
 
 
-def stop_token_ids(tokenizer):
-    """Every id that ends a response: EOS, and the chat and text end markers (Qwen has both)."""
+def stop_token_ids(tokenizer, model=None):
+    """Every id that ends a response: EOS, the chat and text end markers (Qwen has both), and the
+    EOS ids in the model's generation config (an instruct model's end of turn: vLLM stops there)."""
     ends = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
-    ids = {tokenizer.eos_token_id, *ends}
+    eos = model.generation_config.eos_token_id if model is not None else None
+    ids = {tokenizer.eos_token_id, *ends, *(eos if isinstance(eos, list) else [eos])}
     return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
 
 
 def make_sampler(cfg, model, tokenizer, rows):
     """--sampler's sampler; vLLM's context fits the longest prompt of `rows` (and --eval_data)."""
-    import importlib.util
-
     if cfg.sampler == "hf" or (cfg.sampler == "auto" and not importlib.util.find_spec("vllm")):
-        sampler = HFSampler(model, tokenizer, cfg.template)
-        if cfg.hf_static_cache:  # CUDA compiles its decoding step; the same tokens (tested)
-            sampler.pad_multiple, sampler.cache = 64, "static"  # (few shapes to compile)
-        return sampler
+        return HFSampler(model, tokenizer, cfg.template)
     if cfg.eval_every:
         rows = rows + [r for f in cfg.eval_data.split(",") if f for r in load_jsonl(f, True)]
     prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
@@ -758,14 +776,13 @@ def make_sampler(cfg, model, tokenizer, rows):
 
 def start_vllm(path, max_model_len, seed, gpu_memory):
     """A vLLM engine in this process, loading the weights saved at `path`."""
-    import logging
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)  # "Triton not available"
     from vllm import LLM
 
     kw = dict(model=path, tokenizer=path, seed=seed, max_model_len=max_model_len)
+    # Log-probs of what is sampled (after temperature, top_p); no checkpoint's sampling options.
+    kw |= dict(logprobs_mode="processed_logprobs", generation_config="vllm")
     if torch.cuda.is_available():  # sleep mode frees the engine's memory during the update
         kw |= dict(gpu_memory_utilization=gpu_memory, enable_sleep_mode=True, dtype="bfloat16")
     else:  # a 512 MiB KV cache and no CUDA graphs
@@ -818,8 +835,6 @@ GRADERS = []  # [process, connection] for each grading worker, kept between batc
 
 def grade_worker(conn):
     """A grading process: grade(*args) for each args tuple that arrives on `conn`, sent back."""
-    import logging
-
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # its warnings quote the answer
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's; it ends the workers
     try:
@@ -863,10 +878,9 @@ def grade_batch(items, workers=4, timeout=10.0):
                 if conn not in ready and time.monotonic() < deadline:
                     continue
                 del busy[w]
-                try:
+                grades[i] = None
+                with contextlib.suppress(EOFError, OSError):  # dead (out of memory, say): None
                     grades[i] = conn.recv() if conn in ready else None
-                except (EOFError, OSError):  # the worker died (out of memory, say)
-                    grades[i] = None
                 if grades[i] is None:  # too slow, or dead: SIGKILL it and start a fresh one
                     proc.kill()
                     proc.join()
@@ -893,8 +907,7 @@ STATE = "trainer_state.pt"  # beside the HF weights: Adam, the RNGs, the data cu
 
 
 def save_checkpoint(model, tokenizer, path, state=None):
-    """Write a temporary directory, flush it to disk, rename it: a crash, a full disk or a power
-    cut leaves no half checkpoint and never harms an earlier one. Plain Hugging Face files."""
+    """Plain HF files, in a temporary directory flushed to disk, then renamed: never half-done."""
 
     def fsync(path):  # a file's or a directory's contents, on the disk
         fd = os.open(path, os.O_RDONLY)
@@ -951,8 +964,6 @@ def resume_point(cfg):
 
 def load_state(ckpt):
     """`ckpt`'s trainer state, once its weights pass safetensors' size check. Damaged: UserError."""
-    from safetensors import safe_open
-
     for name in [*sorted(n for n in os.listdir(ckpt) if n.endswith(".safetensors")), STATE]:
         try:
             if name == STATE:
@@ -1021,8 +1032,7 @@ def save_run(cfg, run, model, tokenizer, optimizer, rng):
 
 
 class StopRequest:
-    """The first Ctrl-C or SIGTERM (preemption, `timeout`, `kill`) stops train() after the step,
-    with a checkpoint (mid-step weights would not resume exactly). A second one aborts at once."""
+    """The first Ctrl-C or SIGTERM ends train() after the step, with a checkpoint; a second: now."""
 
     def __init__(self):
         self.signal, self.before = None, {s: signal.getsignal(s) for s in (SIGINT, SIGTERM)}
@@ -1043,17 +1053,15 @@ class StopRequest:
         if sick:  # the line, and the exit code of its cause
             raise TrainingStopped(f"stopped: step {step}: {sick[0]} (saved: {ckpt})", sick[1])
         how = "run the same command to resume" if resume == "auto" else "resume with --resume auto"
+        where = f"at step {step}; checkpoint saved in {ckpt}; {how}"
         if self.signal == SIGINT:
-            raise KeyboardInterrupt(f"at step {step}; checkpoint saved in {ckpt}; {how}")
+            raise KeyboardInterrupt(where)
         if self.signal:
-            raise TrainingStopped(
-                f"interrupted at step {step}; checkpoint saved in {ckpt}; {how}", 143
-            )
+            raise TrainingStopped(f"interrupted {where}", 143)
 
 
 # --- D. Batches, models and devices, and the fast paths (each tested equal to the plain one) -----
-def span(s):
-    """Where a sample's response sits among a collated row's next-token positions."""
+def span(s):  # where a sample's response sits among a collated row's next-token positions
     return len(s.prompt_ids) - 1, len(s.prompt_ids) + len(s.completion.token_ids) - 1
 
 
@@ -1073,12 +1081,6 @@ def collate(samples, pad_id, device):
         response_mask[i, slice(*span(s))] = 1
     where = tuple(w.to(device) for w in response_mask.nonzero(as_tuple=True))
     return ids.to(device), response_mask.to(device), where
-
-
-def micro_batches(samples, cfg):
-    """Samples -> micro-batches of --micro_batch_size (sorted by length, they pad little)."""
-    size = cfg.micro_batch_size
-    return [samples[i : i + size] for i in range(0, len(samples), size)]
 
 
 class FusedLMHead(torch.autograd.Function):
@@ -1133,9 +1135,9 @@ def pick_device(cfg):
 
 def load_model(path, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging
+    from transformers.utils.logging import disable_progress_bar
 
-    logging.disable_progress_bar()  # one bar per load or save is noise in a training log
+    disable_progress_bar()  # one bar per load or save is noise in a training log
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # batches need a pad
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device), tokenizer
@@ -1168,6 +1170,8 @@ def print_plan(cfg, model, sampler, n_problems, bf16):
     at_once = (cfg.keep_checkpoints or cfg.steps // max(cfg.save_every, 1)) + 1  # +1: the next is
     if free < (need := at_once * checkpoint_gb(model)):  # written before the oldest goes
         print(f"warning: {cfg.out_dir}: {free:.2f} GB free, {at_once} checkpoints: {need:.2f} GB")
+    if cfg.top_p < 1:  # samples of the nucleus, trained as samples of the whole softmax
+        print(f"note: --top_p {cfg.top_p}: the update treats nucleus samples as on-policy")
     print(
         f"model {cfg.model}: {n_params / 1e6:.1f}M params on {model.device.type}{precision} | "
         f"sampler: {sampler.name} | template {cfg.template}\n"
@@ -1284,7 +1288,7 @@ def diagnose(cfg, history):
         return f"{why}; the problems are too {hard} for this model", 7
     if gap > OFF_POLICY_GAP:
         why = f"the sampler's log-probs {last} were {gap:.3f} from the trainer's (off-policy)"
-        return f"{why}: a stale engine (a broken weight sync), or another --temperature/--top_p", 8
+        return f"{why}: a stale engine (a broken weight sync), or --top_p < 1 (the nucleus)", 8
     return None
 
 
@@ -1294,7 +1298,6 @@ def evaluate(cfg, model, tokenizer, sampler=None, n=1, temperature=0.0):
     -> ({file name: metrics; "average": their mean (paper Table 4)}, every response, graded)"""
     files = [f for f in cfg.eval_data.split(",") if f]
     sets = {os.path.basename(f).rsplit(".", 1)[0]: load_jsonl(f, True) for f in files}
-    sets = {name: rows[: cfg.eval_size or None] for name, rows in sets.items()}
     if sampler is None:
         sampler = make_sampler(cfg, model, tokenizer, rows=[r for s in sets.values() for r in s])
     table, records, resampled = {}, [], []
@@ -1386,8 +1389,7 @@ def run_eval(cfg):
 
 
 def plot(run_dirs, path=None):
-    """`python drgrpo.py plot RUN_DIR...`: the paper's Fig. 1 (right), runs overlaid: reward and
-    correct/incorrect lengths per step (matplotlib), in curves.png in their parent. -> its path"""
+    """`drgrpo.py plot RUN_DIR...`: paper Fig. 1 (right), runs overlaid, in curves.png -> path"""
     from matplotlib.figure import Figure  # no pyplot: no display, no global state
 
     fig = Figure(figsize=(15, 4))
@@ -1422,7 +1424,7 @@ def parse_args(argv=None):
         ("eval", "accuracy of --model on --eval_data: a table, eval.json and every response"),
     ):
         q = sub.add_parser(mode, help=what, description=what)
-        for f in fields(Config):
+        for f in [f for f in fields(Config) if mode == "eval" or f.name != "eval_n"]:
             kind = (lambda s: truth[s.lower()]) if f.type in (bool, "bool") else type(f.default)
             names = [f"--{f.name}"] + ([f"--{f.metadata['alias']}"] if f.metadata["alias"] else [])
             text = f"{f.metadata['help']} (default: {f.default})"

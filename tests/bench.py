@@ -180,9 +180,9 @@ def trl_args(cfg, out_dir):
         learning_rate=cfg.lr,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2,
-        weight_decay=0.0,
+        adam_beta1=drgrpo.ADAM["betas"][0],
+        adam_beta2=drgrpo.ADAM["betas"][1],
+        weight_decay=drgrpo.ADAM["weight_decay"],
         max_grad_norm=cfg.grad_clip,
         epsilon=cfg.clip_eps_low,
         epsilon_high=cfg.clip_eps_high,
@@ -326,9 +326,7 @@ def update_drgrpo(cfg, reps):
     roll = fixed_rollout(cfg)
     model, tokenizer = drgrpo.load_model(MODEL, "cpu")
     model.config.use_cache = False
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=0.0
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, **drgrpo.ADAM)
     times, losses = [], []
     for _ in range(reps):
         samples = drgrpo_samples(roll)
@@ -459,9 +457,7 @@ def update_mfu(
             lr=1e-6,
         )
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2)
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, **drgrpo.ADAM)
     gen = torch.Generator().manual_seed(0)
     vocab = SHAPES[shape]["vocab_size"]
     samples = [
@@ -670,8 +666,7 @@ def main():
     p.add_argument(
         "--static_cache",
         action="store_true",
-        help="with --hf_sampler: a static KV cache (drgrpo's "
-        "--hf_static_cache; on CUDA transformers compiles the decoding step)",
+        help="with --hf_sampler: a static KV cache (on CUDA transformers compiles the decoding)",
     )
     p.add_argument(
         "--hf_sampler",

@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOP, SAMPLERS = "tests/test_loop_bugs.py", "tests/test_sampler_bugs.py"
 MATH, REWARD = "tests/test_loss_math.py", "tests/test_reward.py"
 LEVERS, SPEED = "tests/test_update_levers.py", "tests/test_update_speed.py"
+TEMPERED = "tests/test_vllm.py::test_every_log_prob_of_the_update_is_at_the_sampling_temperature"
+HEADS, FLAGS = "tests/test_model_heads.py", "tests/test_data.py"
 
 # (name, the bug as a user would meet it, text in drgrpo.py, the buggy text, tests to run)
 MUTANTS = [
@@ -44,13 +46,6 @@ MUTANTS = [
         "--epochs_per_rollout ignored",
         "    for _ in range(cfg.epochs_per_rollout):",
         "    for _ in range(1):",
-        [LOOP],
-    ),
-    (
-        "M4",
-        "--adv_norm batch divides by the group's std instead of the batch's",
-        "return centered / (rewards.std() + 1e-8) if",
-        "return centered / (std + 1e-8) if",
         [LOOP],
     ),
     (
@@ -78,8 +73,8 @@ MUTANTS = [
     (
         "M5a",
         "HF greedy decoding (evaluation) quietly sampling at temperature 1",
-        "                do_sample=not greedy,",
-        "                do_sample=True,",
+        "            do_sample=not greedy,",
+        "            do_sample=True,",
         [SAMPLERS],
     ),
     (
@@ -251,6 +246,70 @@ MUTANTS = [
         "cut_is_0=not cfg.eval_grade_cut",
         "cut_is_0=True",
         ["tests/test_eval.py"],
+    ),
+    # Train what was sampled, at the probability it was sampled
+    (
+        "T1",
+        "the update's pi_theta at temperature 1 while the samples come from logits / T",
+        "token_logprobs(work, inputs, cfg.temperature, fused_head",
+        "token_logprobs(work, inputs, 1.0, fused_head",
+        [TEMPERED],
+    ),
+    (
+        "T2",
+        "pi_old and pi_ref (stored before the update) at temperature 1",
+        "logp, _ = token_logprobs(model, inputs, cfg.temperature, fused_head",
+        "logp, _ = token_logprobs(model, inputs, 1.0, fused_head",
+        [TEMPERED],
+    ),
+    (
+        "T3",
+        "the fused LM head ignores the temperature",
+        "fused_head_logprobs(hidden / temperature, head.weight",
+        "fused_head_logprobs(hidden, head.weight",
+        [HEADS],
+    ),
+    (
+        "T4",
+        "vLLM reports its default raw log-probs, not those of the distribution it sampled",
+        'logprobs_mode="processed_logprobs"',
+        'logprobs_mode="raw_logprobs"',
+        [f"{SAMPLERS}::test_vllm_log_probs_are_those_of_the_distribution_it_sampled"],
+    ),
+    (
+        "T5",
+        "the HF sampler fills unset options from the checkpoint's generation config",
+        "saved, model.generation_config = model.generation_config, config",
+        "saved = model.generation_config",
+        [SAMPLERS],
+    ),
+    (
+        "T6",
+        "the vLLM engine takes sampling defaults and EOS ids from the checkpoint",
+        'generation_config="vllm"',
+        'generation_config="auto"',
+        [SAMPLERS],
+    ),
+    (
+        "T7",
+        "the HF sampler's top-k left to transformers' default (50)",
+        "            top_k=0,",
+        "            top_k=None,",
+        [f"{SAMPLERS}::test_hf_sampler_uses_only_the_flags_sampling_options"],
+    ),
+    (
+        "T8",
+        "a model whose forward changes its logits after the LM head is accepted",
+        "check(off < 1e-3,",
+        "check(True,",
+        [HEADS],
+    ),
+    (
+        "T9",
+        "flags out of range accepted (C < 0, 0 epochs, top_p 0, ...)",
+        "check(above and below,",
+        "check(True,",
+        [FLAGS],
     ),
     # Faults: a damaged checkpoint, a damaged log line, a failed save
     (

@@ -29,9 +29,9 @@ def test_pass_at_k_equals_the_average_over_all_k_subsets(n, c, k):
 
 @pytest.mark.parametrize("n", [1, 4])
 def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
-    # 24 distinct questions (a repeated one would be skipped): the tiny model's
-    # 8, and 16 more in the same style
-    rows = [{"problem": f"Pick 1 or 2{'!' * k}", "answer": str(1 + k % 2)} for k in range(1, 25)]
+    # 20 distinct questions (a repeated one would be skipped): the tiny model's
+    # 8, and 12 more in the same style
+    rows = [{"problem": f"Pick 1 or 2{'!' * k}", "answer": str(1 + k % 2)} for k in range(1, 21)]
     files = []
     for name in ("set_a", "set_b"):
         p = tmp_path / f"{name}.jsonl"
@@ -45,8 +45,6 @@ def test_eval_writes_consistent_table_and_files(tiny, tmp_path, capsys, n):
             tiny["model"],
             "--eval_data",
             ",".join(files),
-            "--eval_size",
-            "20",
             "--n",
             str(n),
             "--sampler",

@@ -6,7 +6,6 @@ step, and each response trained with its own advantage."""
 import copy
 import json
 import random
-import statistics
 
 import pytest
 import torch
@@ -120,19 +119,6 @@ def test_epochs_per_rollout_passes_over_every_sample():
         stats = drgrpo.update_policy(cfg, batch, random.Random(0), model, model, None, optimizer, 0)
     assert len(stats) == 6, f"{len(stats)} optimizer steps, expected 3 epochs x 2 batches"
     assert sorted(seen) == sorted(id(s) for s in batch for _ in range(3))
-
-
-def test_batch_adv_norm_divides_by_the_std_of_the_whole_rollout():
-    """--adv_norm batch: each reward minus its group's mean, divided by one std, that of every
-    reward of the rollout (computed here with statistics.stdev). Groups of different spread must
-    keep their relative weight; dividing by each group's own std would be --adv_norm group."""
-    rows = [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [3.0, 0.0, 1.0, 2.0], [1.0, 1.0, 1.0, 1.0]]
-    flat = [r for row in rows for r in row]
-    std = statistics.stdev(flat)
-    expected = [[(r - statistics.mean(row)) / std for r in row] for row in rows]
-    got = drgrpo.group_advantages(torch.tensor(rows), "batch")
-    assert got.tolist() == [pytest.approx(e, abs=1e-6) for e in expected]
-    assert got[3].tolist() == [0.0] * 4  # an all-equal group teaches nothing
 
 
 def test_gradient_clipping_bounds_the_applied_update():

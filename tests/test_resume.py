@@ -46,8 +46,10 @@ def reference(tiny, tmp_path_factory):
 
 
 def launch(cfg, log):
-    """`python drgrpo.py train` with every Config field as a flag, as a user would start it."""
-    flags = [arg for f in fields(Config) for arg in (f"--{f.name}", str(getattr(cfg, f.name)))]
+    """`python drgrpo.py train` with every Config field as a flag (train's: not eval_n), as a user
+    would start it."""
+    names = [f.name for f in fields(Config) if f.name != "eval_n"]
+    flags = [arg for name in names for arg in (f"--{name}", str(getattr(cfg, name)))]
     return subprocess.Popen(
         [sys.executable, "drgrpo.py", "train", *flags],
         stdout=open(log, "w"),

@@ -1,5 +1,8 @@
 """The HF and vLLM samplers, checked by what they return: greedy decoding, the truncation flag,
-stop tokens, stop strings, and the vLLM engine's weights and prefix cache after a sync.
+stop tokens, stop strings, and the vLLM engine's weights and prefix cache after a sync. Both
+samplers draw from the distribution the flags describe: the model's checkpoint carries a
+generation config that would change it (a repetition penalty, top-k, an extra EOS, ...), and
+neither may use it.
 
 The model here answers each prompt with a reply of its own length, so the rows of a batch finish
 at different times, some exactly at the token budget and some past it. Every reply closes its
@@ -26,6 +29,8 @@ def varied(tmp_path_factory):
     "</think> <answer> DIGITS </answer> ok", LENGTHS[i] digits, then EOS. The digits start as
     LIKELY in 2 of 3 pre-training rows, so greedy and sampled replies differ, and the greedy
     choice wins by a wide margin (2/3 against 1/3)."""
+    from transformers import GenerationConfig
+
     rows = [
         {"problem": p, "solution": f"</think> <answer> {digits} </answer> ok"}
         for p, k in zip(PROMPTS, LENGTHS, strict=True)
@@ -42,8 +47,19 @@ def varied(tmp_path_factory):
         heads=2,
         template="none",
     )
+    five = drgrpo.load_model(path, "cpu")[1].convert_tokens_to_ids("5")
+    more = dict(max_new_tokens=3, bad_words_ids=[[five]])
+    GenerationConfig(**JUNK, **more).save_pretrained(path)  # as an instruct model's may say
     model, tok = drgrpo.load_model(path, "cpu")
+    assert model.generation_config.repetition_penalty == JUNK["repetition_penalty"]
     return model, tok
+
+
+# Sampling options a checkpoint's generation_config.json may carry. Each changes what is sampled,
+# greedy decoding too (a repetition penalty changes the argmax; the fixture adds a banned word,
+# "5", and a 3-token limit). Its EOS ids do end a response, in both samplers (tested below).
+JUNK = dict(do_sample=True, temperature=0.3, top_k=2, top_p=0.5, min_p=0.2, repetition_penalty=1.5)
+JUNK |= dict(no_repeat_ngram_size=2, typical_p=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +244,120 @@ def test_vllm_sync_resets_the_prefix_cache(engine, varied):
         assert gap() < SYNC_TOL
     finally:  # the engine back to the module's weights, for the other tests
         engine.sync(varied[0])
+
+
+# --- the same response from both samplers, and the distribution the flags describe --------------
+def first_stop(tok, ids, stop):
+    """How many tokens a response keeps: up to the one whose text completes `stop`."""
+    return next(k for k in range(1, len(ids) + 1) if stop in tok.decode(ids[:k]))
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        "</answer>",  # ends where a token ends
+        "</ans",  # ends inside a token (" </" "answer" ">")
+        "</answer> o",  # ends inside the token " ok"
+        "ok",  # the last token before EOS
+    ],
+)
+def test_hf_and_vllm_keep_the_same_tokens_and_cut_flags(varied, engine, greedy_refs, stop):
+    """A differential test, greedy: the same prompts and stop string through both samplers give the
+    same token ids and the same `truncated`: each reply up to and including the token that
+    completes the stop string, never a pad after it. The budget is the third reply's stop token:
+    shorter replies end early (generate() pads their rows), the third ends exactly at the limit
+    (stopped, not cut) and the longer ones are cut."""
+    model, tok = varied
+    hf = drgrpo.HFSampler(model, tok, "none")
+    vl = copy.copy(engine)
+    hf.stop_strings = vl.stop_strings = [stop]
+    ends = [first_stop(tok, ref, stop) for ref in greedy_refs]
+    budget = ends[2]
+    want = [
+        (ref[:e], False) if e <= budget else (ref[:budget], True)
+        for ref, e in zip(greedy_refs, ends, strict=True)
+    ]
+    assert [w[1] for w in want] == [False] * 3 + [True] * 3
+    got = {}
+    for sampler in (hf, vl):
+        out = sampler.generate(PROMPTS, 1, budget, temperature=0)
+        got[sampler.name] = [(g[0].token_ids, g[0].truncated) for g in out]
+    assert got["hf"] == got["vllm"] == want
+    whole = hf.generate(PROMPTS, 1, 48, temperature=0)  # no limit: every reply stops
+    assert [(g[0].token_ids, g[0].truncated) for g in whole] == [
+        (r[:e], False) for r, e in zip(greedy_refs, ends, strict=True)
+    ]
+
+
+def test_hf_sampler_uses_only_the_flags_sampling_options(varied, monkeypatch):
+    """The checkpoint's generation config (JUNK) sets a repetition penalty, top-k, min-p, ...:
+    generate() would fill in every option drgrpo does not set from it. The logits processors in
+    use must be only those the flags ask for, and the model keeps its own config afterwards."""
+    from transformers.generation.utils import GenerationMixin
+
+    model, tok = varied
+    seen, real = [], GenerationMixin._get_logits_processor
+
+    def spy(self, *args, **kw):
+        processors = real(self, *args, **kw)
+        seen.append(sorted(type(p).__name__ for p in processors))
+        return processors
+
+    monkeypatch.setattr(GenerationMixin, "_get_logits_processor", spy)
+    sampler = drgrpo.HFSampler(model, tok, "none")
+    for temperature, top_p, n in ((1.0, 1.0, 4), (0.7, 0.9, 4), (0.0, 1.0, 1)):
+        sampler.generate(PROMPTS[:2], n, 8, temperature=temperature, top_p=top_p)
+    assert seen == [[], ["TemperatureLogitsWarper", "TopPLogitsWarper"], []]
+    assert model.generation_config.repetition_penalty == JUNK["repetition_penalty"]
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.7])
+def test_vllm_log_probs_are_those_of_the_distribution_it_sampled(
+    varied, engine, temperature, monkeypatch
+):
+    """At T != 1 vLLM samples softmax(logits / T): the log-probs it reports (logprob_gap's one
+    side) and the trainer's (token_logprobs, both heads) must be that distribution's, ~0 apart.
+    Breaking either side shows: the trainer at T = 1, or the engine reporting the raw log-probs
+    (vLLM's default logprobs_mode, switched on in this engine's sampler), is far off."""
+    model, tok = varied
+
+    def gap(t, fused_head=True):
+        groups = engine.generate(PROMPTS, 4, 48, temperature=temperature, seed=1)
+        samples = [
+            drgrpo.Sample(tok(p, add_special_tokens=False)["input_ids"], c, 0.0, 0.0)
+            for p, g in zip(PROMPTS, groups, strict=True)
+            for c in g
+        ]
+        with torch.no_grad():
+            inputs = drgrpo.collate(samples, 0, "cpu")
+            logp, _ = drgrpo.token_logprobs(model, inputs, t, fused_head=fused_head)
+        ours = torch.cat([logp[i, slice(*drgrpo.span(s))] for i, s in enumerate(samples)])
+        theirs = torch.tensor([x for s in samples for x in s.completion.logprobs])
+        return (ours - theirs).abs().max().item()
+
+    assert gap(temperature) < SYNC_TOL and gap(temperature, fused_head=False) < SYNC_TOL
+    assert gap(1.0) > 0.05  # the trainer's side broken
+    sampler = engine.llm.llm_engine.model_executor.driver_worker.worker.model_runner.sampler
+    for part in (sampler, sampler.topk_topp_sampler):
+        monkeypatch.setattr(part, "logprobs_mode", "raw_logprobs")
+    assert gap(temperature) > 0.05  # the sampler's side broken
+
+
+def test_both_samplers_stop_at_the_generation_configs_eos_ids(varied, engine, greedy_refs):
+    """An instruct model's generation config lists its end-of-turn ids as EOS: vLLM stops at them,
+    so the HF sampler must too, or the two would return different responses. Here "5" is made
+    an EOS id: every reply ends at its first "5", kept."""
+    model, tok = varied
+    five = tok.convert_tokens_to_ids("5")
+    model = copy.deepcopy(model)
+    model.generation_config.eos_token_id = [five]
+    vl = copy.copy(engine)
+    vl.stop_strings = []
+    vl.stop_ids = drgrpo.stop_token_ids(tok, model)  # the engine's own list adds the file's ids
+    hf = drgrpo.HFSampler(model, tok, "none")
+    assert five in hf.stop_ids and five in vl.stop_ids
+    want = [ref[: ref.index(five) + 1] if five in ref else ref for ref in greedy_refs]
+    assert any(five in ref for ref in greedy_refs)
+    for sampler in (hf, vl):
+        out = sampler.generate(PROMPTS, 1, 48, temperature=0)
+        assert [g[0].token_ids for g in out] == want, sampler.name

@@ -60,7 +60,8 @@ def launch_with_slow_fsync(cfg, log, site):
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SLOW_FSYNC)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.getcwd()])}
-    flags = [arg for f in fields(cfg) for arg in (f"--{f.name}", str(getattr(cfg, f.name)))]
+    names = [f.name for f in fields(cfg) if f.name != "eval_n"]  # train's flags
+    flags = [arg for name in names for arg in (f"--{name}", str(getattr(cfg, name)))]
     cmd = [sys.executable, "drgrpo.py", "train", *flags]
     out = open(log, "w")
     return subprocess.Popen(cmd, stdout=out, stderr=out, env=env, preexec_fn=child_setup)

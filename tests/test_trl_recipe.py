@@ -33,7 +33,7 @@ WORLD, STOP_IDS = 2, [5, 7]
 # Every mapped field away from its default (and divisibility kept), so that a missing mapping shows
 BASE = Config(
     algo="grpo",
-    adv_norm="batch",
+    adv_norm="none",
     loss_agg="seq_mean_token_mean",
     group_size=4,
     prompts_per_rollout=6,
@@ -41,9 +41,6 @@ BASE = Config(
     temperature=0.7,
     top_p=0.9,
     lr=3e-5,
-    adam_beta1=0.8,
-    adam_beta2=0.9,
-    weight_decay=0.01,
     grad_clip=0.5,
     train_batch_size=12,
     micro_batch_size=3,
@@ -60,11 +57,10 @@ BASE = Config(
     out_dir="runs/trl-test",
     sampler="vllm",
     vllm_gpu_memory=0.5,
-    hf_static_cache=True,
 )
 # A second valid value for each field that reaches GRPOConfig
 OTHER = dict(
-    adv_norm="none",
+    adv_norm="group",
     loss_agg="token_mean",
     group_size=2,
     prompts_per_rollout=12,
@@ -72,9 +68,6 @@ OTHER = dict(
     temperature=0.8,
     top_p=0.8,
     lr=1e-4,
-    adam_beta1=0.7,
-    adam_beta2=0.8,
-    weight_decay=0.1,
     grad_clip=2.0,
     micro_batch_size=6,
     train_batch_size=24,
@@ -91,7 +84,6 @@ OTHER = dict(
     sampler="hf",
     vllm_gpu_memory=0.6,
     template="r1",
-    hf_static_cache=False,
 )
 # bf16=True cannot be built on a CPU (transformers refuses it), so dtype's one pair is stated, its
 # value still checked
@@ -112,7 +104,6 @@ ELSEWHERE = {
     "eval_data",
     "eval_every",
     "eval_n",
-    "eval_size",
     "eval_grade_cut",
     "fused_head",
     "log_rollouts",
@@ -137,9 +128,6 @@ EXPECTED = {  # GRPOConfig field -> its value for a resolved Config c on WORLD G
     "temperature": lambda c: c.temperature,
     "top_p": lambda c: c.top_p,
     "learning_rate": lambda c: c.lr,
-    "adam_beta1": lambda c: c.adam_beta1,
-    "adam_beta2": lambda c: c.adam_beta2,
-    "weight_decay": lambda c: c.weight_decay,
     "max_grad_norm": lambda c: c.grad_clip,
     "per_device_train_batch_size": lambda c: c.micro_batch_size,
     "gradient_accumulation_steps": lambda c: c.train_batch_size // (c.micro_batch_size * WORLD),
@@ -157,7 +145,6 @@ EXPECTED = {  # GRPOConfig field -> its value for a resolved Config c on WORLD G
     "use_vllm": lambda c: c.sampler != "hf",
     "vllm_enable_sleep_mode": lambda c: c.sampler != "hf",  # colocate mode
     "vllm_gpu_memory_utilization": lambda c: c.vllm_gpu_memory,
-    "cache_implementation": lambda c: "static" if c.hf_static_cache else None,
     "generation_kwargs": lambda c: (
         {
             "stop_token_ids": STOP_IDS,
@@ -170,10 +157,14 @@ EXPECTED = {  # GRPOConfig field -> its value for a resolved Config c on WORLD G
     # drgrpo's fixed choices: constant lr, truncated responses kept (reward 0), no sampler-side
     # importance-sampling correction
     "lr_scheduler_type": lambda c: "constant",
+    "adam_beta1": lambda c: drgrpo.ADAM["betas"][0],
+    "adam_beta2": lambda c: drgrpo.ADAM["betas"][1],
+    "weight_decay": lambda c: drgrpo.ADAM["weight_decay"],
     "mask_truncated_completions": lambda c: False,
     "vllm_importance_sampling_correction": lambda c: False,
 }
 FIXED = {"lr_scheduler_type", "mask_truncated_completions", "vllm_importance_sampling_correction"}
+FIXED |= {"adam_beta1", "adam_beta2", "weight_decay"}  # drgrpo.ADAM
 
 
 @pytest.fixture(scope="module")

@@ -160,13 +160,26 @@ def test_the_doctor_stops_a_run_whose_engine_is_never_synced(tiny, monkeypatch, 
     why = f"the sampler's log-probs in the last 3 steps were {gap:.3f} from the trainer's"
     assert message == (
         f"stopped: step {step}: {why} (off-policy): a stale engine (a broken weight sync), or "
-        f"another --temperature/--top_p (saved: {cfg.out_dir}/checkpoint-{step})"
+        f"--top_p < 1 (the nucleus) (saved: {cfg.out_dir}/checkpoint-{step})"
     )
     print(f"never synced: logprob_gap per step {[m['logprob_gap'] for m in lines]}")
     monkeypatch.undo()  # a working sync: the resumed engine starts from the checkpoint
     drgrpo.train(drgrpo.replace(cfg, steps=step + 1))
     gc.collect()
     assert f"resuming from {cfg.out_dir}/checkpoint-{step}" in capsys.readouterr().out
+
+
+def test_every_log_prob_of_the_update_is_at_the_sampling_temperature(tiny):
+    """At T = 0.5 the update's pi_theta, pi_old (two epochs: stored before the update) and pi_ref
+    (kl_beta > 0) must all be softmax(logits / T), the distribution vLLM sampled from. With an lr
+    too small to move the weights: the sampler's log-probs equal pi_old's (logprob_gap), pi_ref
+    equals pi_theta (kl) and pi_theta equals pi_old (no ratio is clipped). Any one of the three at
+    T = 1 breaks one of these."""
+    flags = dict(temperature=0.5, epochs_per_rollout=2, kl_beta=0.1, lr=1e-12, doctor=False)
+    lines = run_metrics(tiny, "tempered", steps=2, **flags)
+    assert all(m["trained_frac"] > 0 for m in lines)  # every step trained something
+    assert all(m["logprob_gap"] < SYNC_TOL for m in lines), lines
+    assert all(m["kl"] < 1e-6 and m["clip_frac"] == 0 for m in lines), lines
 
 
 def test_same_seed_same_metrics(tiny):

@@ -69,9 +69,9 @@ def trl_config(cfg, stop_ids, world_size=1, vllm_mode="colocate"):
         top_p=cfg.top_p,
         learning_rate=cfg.lr,
         lr_scheduler_type="constant",
-        adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2,
-        weight_decay=cfg.weight_decay,
+        adam_beta1=drgrpo.ADAM["betas"][0],  # drgrpo's fixed Adam (the paper's)
+        adam_beta2=drgrpo.ADAM["betas"][1],
+        weight_decay=drgrpo.ADAM["weight_decay"],
         max_grad_norm=cfg.grad_clip,
         per_device_train_batch_size=cfg.micro_batch_size,  # memory only, as in drgrpo
         # -> train_batch_size responses an optimizer step
@@ -88,7 +88,6 @@ def trl_config(cfg, stop_ids, world_size=1, vllm_mode="colocate"):
         use_vllm=use_vllm,
         vllm_mode=vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory,
-        cache_implementation="static" if cfg.hf_static_cache else None,  # TRL's HF generate only
         # drgrpo's sleep/wake around the update
         vllm_enable_sleep_mode=use_vllm and vllm_mode == "colocate",
         # drgrpo's pi_old is the trainer's: no correction for the sampler's log-probs
@@ -147,10 +146,11 @@ def main(argv=None):
     ours, theirs = p.parse_known_args(argv)
     cfg = drgrpo.resolve(drgrpo.parse_args(["train", *theirs])[1])
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    stop_ids = drgrpo.stop_token_ids(tokenizer)  # EOS and Qwen's <|im_end|>, <|endoftext|>
-    args = trl_config(cfg, stop_ids, int(os.environ.get("WORLD_SIZE", 1)), ours.vllm_mode)
-    # fp32 master weights; TRL ends (and masks) a completion at each of drgrpo's stop tokens
+    # fp32 master weights; TRL ends (and masks) a completion at each of drgrpo's stop tokens: EOS,
+    # Qwen's <|im_end|> and <|endoftext|>, and the EOS ids of the model's generation config
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+    stop_ids = drgrpo.stop_token_ids(tokenizer, model)
+    args = trl_config(cfg, stop_ids, int(os.environ.get("WORLD_SIZE", 1)), ours.vllm_mode)
     model.generation_config.eos_token_id = stop_ids
     trainer = GRPOTrainer(
         model=model,

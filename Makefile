@@ -33,7 +33,7 @@ ifneq ($(GPU),1)
 endif
 	touch $@
 
-demo: install          ## offline: build + pre-train a tiny model, then Dr. GRPO vs GRPO on CPU (~10 min, 2 cores)
+demo: install          ## offline: build + pre-train a tiny model, then Dr. GRPO vs GRPO on CPU (~4 min, 2 cores)
 	$(BIN)/python data/arith/demo.py $(ARGS)
 
 test: install          ## ruff format/lint checks, then the tests: loss-bias math, reward, end-to-end RL (CPU)

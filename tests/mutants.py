@@ -73,15 +73,15 @@ MUTANTS = [
     (
         "M5a",
         "HF greedy decoding (evaluation) quietly sampling at temperature 1",
-        "            do_sample=not greedy,",
-        "            do_sample=True,",
+        "dict(do_sample=not greedy,",
+        "dict(do_sample=True,",
         [SAMPLERS],
     ),
     (
         "M5b",
         "vLLM greedy decoding (evaluation) quietly sampling at temperature 1",
-        "            temperature=temperature,\n            max_tokens=max_new_tokens,",
-        "            temperature=temperature or 1.0,\n            max_tokens=max_new_tokens,",
+        "dict(n=n, temperature=temperature,",
+        "dict(n=n, temperature=temperature or 1.0,",
         [SAMPLERS],
     ),
     (
@@ -94,15 +94,15 @@ MUTANTS = [
     (
         "M8a",
         "the vLLM sampler ignores stop strings",
-        "            stop=self.stop_strings or None,",
-        "            stop=None,",
+        "dict(stop=self.stop_strings or None,",
+        "dict(stop=None,",
         [SAMPLERS],
     ),
     (
         "M8b",
         "vLLM asked to drop the stop string from its own text (the Completion's comes from tokens)",
-        "            include_stop_str_in_output=True,",
-        "            include_stop_str_in_output=False,",
+        "include_stop_str_in_output=True)",
+        "include_stop_str_in_output=False)",
         [SAMPLERS],
     ),
     (
@@ -151,8 +151,8 @@ MUTANTS = [
     (
         "B4",
         "--algo grpo runs Dr. GRPO's toggles",
-        '"grpo": ("group", "seq_mean_token_mean")',
-        '"grpo": ("none", "seq_mean_token_sum_norm")',
+        '"grpo": ("group", "seq_mean_token_mean", 0.2)',
+        '"grpo": ("none", "seq_mean_token_sum_norm", 0.2)',
         [MATH, "tests/test_toy_bias.py"],
     ),
     (
@@ -284,17 +284,10 @@ MUTANTS = [
         [SAMPLERS],
     ),
     (
-        "T6",
-        "the vLLM engine takes sampling defaults and EOS ids from the checkpoint",
-        'generation_config="vllm"',
-        'generation_config="auto"',
-        [SAMPLERS],
-    ),
-    (
         "T7",
         "the HF sampler's top-k left to transformers' default (50)",
-        "            top_k=0,",
-        "            top_k=None,",
+        "top_k=None if greedy else 0)",
+        "top_k=None)",
         [f"{SAMPLERS}::test_hf_sampler_uses_only_the_flags_sampling_options"],
     ),
     (
@@ -310,6 +303,35 @@ MUTANTS = [
         "check(above and below,",
         "check(True,",
         [FLAGS],
+    ),
+    # Around a run: presets, checks that fit the model, its last line, evaluations kept apart
+    (
+        "P1",
+        "--algo dapo leaves the PPO clip ceiling at 0.2 (no clip-higher)",
+        '"dapo": ("group", "token_mean", 0.28)',
+        '"dapo": ("group", "token_mean", 0.2)',
+        ["tests/test_run_checks.py"],
+    ),
+    (
+        "P2",
+        "--max_new_tokens past the model's context reaches the engine (a vLLM traceback)",
+        "check(longest + cfg.max_new_tokens <= context,",
+        "check(True,",
+        ["tests/test_run_checks.py"],
+    ),
+    (
+        "P3",
+        "an evaluation silently replaces an earlier one",
+        'print(f"{cfg.out_dir}/eval.json: replacing an earlier result")',
+        "pass",
+        ["tests/test_run_checks.py"],
+    ),
+    (
+        "P4",
+        "the doctor crashes on a step with held-out numbers (their intervals are tuples)",
+        "if not isinstance(v, list | tuple)]",
+        "if not isinstance(v, list)]",
+        ["tests/test_run_checks.py"],
     ),
     # Faults: a damaged checkpoint, a damaged log line, a failed save
     (

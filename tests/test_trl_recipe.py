@@ -238,12 +238,13 @@ def test_the_mapping_the_script_implements_is_the_table(recipe):
 
 
 def test_algo_presets_and_refusals(recipe):
-    # each preset's two toggles, written out (not taken from drgrpo.resolve)
-    presets = {"grpo": ("group", "grpo"), "dr_grpo": ("none", "dr_grpo"), "dapo": ("group", "dapo")}
+    # each preset's toggles and clip ceiling, written out (not taken from drgrpo.resolve)
+    presets = {"grpo": ("group", "grpo", 0.2), "dr_grpo": ("none", "dr_grpo", 0.2)}
+    presets["dapo"] = ("group", "dapo", 0.28)  # DAPO's clip-higher
     assert set(presets) == set(drgrpo.ALGO_PRESETS)
     for algo, want in presets.items():
         args = recipe.trl_config(Config(algo=algo, sampler="hf", dtype="fp32"), STOP_IDS)
-        assert (args.scale_rewards, args.loss_type) == want
+        assert (args.scale_rewards, args.loss_type, args.epsilon_high) == want
     # the paper's recipe on one GPU
     args = recipe.trl_config(Config(sampler="hf", dtype="fp32"), STOP_IDS)
     sizes = (args.max_completion_length, args.generation_batch_size)

@@ -66,7 +66,7 @@ def sample_batch(a, s_right, s_wrong, group_size, gen):
 def train(algo, steps=300, n_questions=128, group_size=8, lr=0.01, seed=0):
     """Train the toy with drgrpo.py's advantage and aggregation for `algo`;
     returns the history per step."""
-    adv_norm, loss_agg = ALGO_PRESETS[algo]
+    adv_norm, loss_agg, _ = ALGO_PRESETS[algo]
     gen = torch.Generator().manual_seed(seed)
     a = torch.linspace(-2.5, 2.5, n_questions).requires_grad_()  # pass rates from 8% to 92%
     s_right = torch.tensor(START_STOP_LOGIT, requires_grad=True)
@@ -96,7 +96,7 @@ def question_weights(group_size=8, algo="grpo"):
     """Effective update weight of one question as a function of its pass rate: the size of the
     gradient on its right/wrong logit, for a group with k of G right (k = 1..G-1), through
     drgrpo.py's loss. -> {k/G: weight}"""
-    adv_norm, loss_agg = ALGO_PRESETS[algo]
+    adv_norm, loss_agg, _ = ALGO_PRESETS[algo]
     out = {}
     for k in range(1, group_size):
         # p(right) = 0.5: the score function is +-0.5 per response

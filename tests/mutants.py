@@ -304,6 +304,13 @@ MUTANTS = [
         "check(True,",
         [FLAGS],
     ),
+    (
+        "T10",
+        "--top_p < 1 trains nucleus samples as on-policy without a word",
+        "    if cfg.top_p < 1:  # samples of the nucleus",
+        "    if False:  # samples of the nucleus",
+        ["tests/test_run_checks.py"],
+    ),
     # Around a run: presets, checks that fit the model, its last line, evaluations kept apart
     (
         "P1",

@@ -133,3 +133,13 @@ def test_an_evaluation_goes_beside_its_model_and_says_when_it_replaces_one(tiny,
     assert f"wrote {where}/eval.json" in first and "replacing" not in first
     drgrpo.main(["eval", *flags])
     assert f"{where}/eval.json: replacing an earlier result" in capsys.readouterr().out
+
+
+def test_top_p_below_1_is_said_at_start_up(tiny, tmp_path, capsys):
+    """Nucleus samples come from a truncated distribution, and the update trains them as samples of
+    the whole softmax: one start-up line says so (logprob_gap shows the difference)."""
+    drgrpo.train(tiny_cfg(tiny, out_dir=str(tmp_path / "run"), steps=1, top_p=0.9))
+    out = capsys.readouterr().out.splitlines()
+    assert out.count("note: --top_p 0.9: the update treats nucleus samples as on-policy") == 1
+    drgrpo.train(tiny_cfg(tiny, out_dir=str(tmp_path / "whole"), steps=1))
+    assert "--top_p" not in capsys.readouterr().out

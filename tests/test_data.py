@@ -109,6 +109,24 @@ def test_numbers_are_accepted_as_answers(tmp_path):
     ]
 
 
+def test_a_bom_crlf_line_ends_numbers_and_blank_lines_are_accepted(tmp_path, capsys):
+    """What editors and spreadsheets write: a UTF-8 BOM, CRLF line ends, a number as the answer,
+    extra fields, a trailing blank line. Blank answers and repeats are skipped, and counted."""
+    text = b"\xef\xbb\xbf" + (
+        b'{"problem": "a", "answer": 3, "source": "mine"}\r\n'
+        b'{"problem": "b", "answer": "4", "answers": ["four", 4.0]}\r\n'
+        b'{"problem": "a", "answer": "5"}\r\n{"problem": "c", "answer": " "}\r\n\r\n'
+    )
+    rows = load_jsonl(write(tmp_path, text))
+    assert rows == [
+        {"problem": "a", "golds": ["3"]},
+        {"problem": "b", "golds": ["4", "four", "4.0"]},
+    ]
+    assert "skipped 1 rows with a blank answer and 1 repeats of an earlier problem" in (
+        capsys.readouterr().out
+    )
+
+
 def test_missing_file():
     with pytest.raises(UserError, match="no/such.jsonl: no such file"):
         load_jsonl("no/such.jsonl")

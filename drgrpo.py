@@ -237,7 +237,7 @@ class HFSampler:
         model.eval()  # train() puts it back in training mode for the update
         per_call, out = max(1, self.batch_size // n), []
         encode = dict(add_special_tokens=False, padding=True, return_tensors="pt")
-        # Every option set: generate() fills unset ones from the checkpoint's (repetition_penalty)
+        # Every option set: generate() would fill an unset one from the checkpoint's config
         options = dict(do_sample=not greedy, temperature=temperature or 1.0, num_return_sequences=n)
         options |= dict(top_p=1.0 if greedy else top_p, top_k=None if greedy else 0)  # 0: off
         options |= dict(eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id)
@@ -1153,7 +1153,7 @@ def print_plan(cfg, model, sampler, n_problems, bf16):
         print(f"warning: {cfg.out_dir}: {free:.2f} GB free, {at_once} checkpoints: {need:.2f} GB")
     if cfg.top_p < 1:  # samples of the nucleus, trained as samples of the whole softmax
         print(f"note: --top_p {cfg.top_p}: the update treats nucleus samples as on-policy")
-    if (drawn := cfg.steps * cfg.prompts_per_rollout / n_problems) > 1:  # learnt by heart?
+    if (drawn := cfg.steps * cfg.prompts_per_rollout / n_problems) > 1:  # answers memorisable
         print(f"note: each of {n_problems} problems is drawn {drawn:.1f} times in the run")
     print(
         f"model {cfg.model}: {n_params / 1e6:.1f}M params on {model.device.type}{precision} | "

@@ -44,7 +44,7 @@ test: install          ## ruff format/lint checks, then the tests: loss-bias mat
 soak: install          ## a 40-step run SIGKILLed 5 times ends as an unbroken one; graders killed (~2 min)
 	$(BIN)/python -m pytest -q -m soak tests $(ARGS)
 
-train: install         ## the paper's recipe: Qwen2.5-Math-1.5B, MATH level 3-5 (needs a GPU and the hub)
+train: install         ## RL; the defaults are the paper's recipe (GPU + hub): ARGS="--config FILE --flag ..."
 	$(BIN)/python drgrpo.py train $(ARGS)
 
 eval: install          ## greedy accuracy of MODEL on the paper's five benchmarks (after `make data`)

@@ -340,6 +340,27 @@ MUTANTS = [
         "if not isinstance(v, list)]",
         ["tests/test_run_checks.py"],
     ),
+    (
+        "P5",
+        "a --config file's values win over the flags given with it",
+        "replace(Config(), **values | args)",
+        "replace(Config(), **args | values)",
+        ["tests/test_run_checks.py"],
+    ),
+    (
+        "P6",
+        "a value of the wrong type in a --config file is taken (a crash later, or a wrong run)",
+        'check(ok, f"{path}: {k} = {v!r}: must be of type',
+        'check(True, f"{path}: {k} = {v!r}: must be of type',
+        ["tests/test_run_checks.py"],
+    ),
+    (
+        "P7",
+        "the saved settings leave out what --algo's preset filled in",
+        "for k, v in vars(cfg).items())",
+        "for k, v in vars(cfg).items() if k not in ('adv_norm', 'loss_agg'))",
+        ["tests/test_run_checks.py"],
+    ),
     # Faults: a damaged checkpoint, a damaged log line, a failed save
     (
         "F1",

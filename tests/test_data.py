@@ -139,16 +139,12 @@ def test_missing_file():
         (["--group_size", "1"], "--group_size 1"),
         (["--algo", "ppo"], "--algo 'ppo'"),
         (["--train_batch_size", "100"], "does not divide a rollout"),
-        (
-            ["--micro_batch_size", "3"],
-            "--train_batch_size 128 is not a multiple of --micro_batch_size 3",
-        ),
         (["--grade_timeout", "0"], "--grade_timeout 0.0: must be in (0, inf)"),
         (["--grade_workers", "0"], "--grade_workers 0: must be in [1, inf)"),
         (["--train_data", "missing.jsonl"], "missing.jsonl: no such file"),
         (
             ["--train_data", "data/arith/train.jsonl", "--out_dir", "README.md/run"],
-            "--out_dir README.md/run: cannot write",
+            "--out_dir README.md/run: not writable",
         ),
     ],
 )

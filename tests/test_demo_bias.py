@@ -30,22 +30,11 @@ from conftest import arith
 
 import drgrpo
 
-# The demo's settings (data, template, G, max_new_tokens, lr), smaller: 2 layers instead of 4, 300
-# pre-training steps instead of 400, 20 RL steps of 16 prompts instead of 40 of 48.
+# The demo's settings (data/arith/demo.toml: data, template, G, max_new_tokens, lr), smaller: 2
+# layers instead of 4, 300 pre-training steps instead of 400, 20 RL steps of 16 prompts instead of
+# 40 of 48.
 PRETRAIN = dict(steps=300, batch=128, lr=5e-3, hidden=128, layers=2, heads=4)
-RL = dict(
-    group_size=8,
-    prompts_per_rollout=16,
-    train_batch_size=128,
-    micro_batch_size=64,
-    max_new_tokens=64,
-    lr=3e-4,
-    steps=20,
-    gradient_checkpointing=False,
-    save_every=0,
-    resume="never",
-    sampler="auto",
-)
+SMALLER = ["--prompts_per_rollout", "16", "--train_batch_size", "128", "--steps", "20"]
 
 
 def incorrect_len(lines):
@@ -65,15 +54,10 @@ def runs(tmp_path_factory):
     base = arith.pretrain_tiny(str(d / "base"), rows=rows, template=arith.TEMPLATE, **PRETRAIN)
     out = {}
     for algo in ("dr_grpo", "grpo"):
-        cfg = drgrpo.Config(
-            model=base,
-            template=arith.TEMPLATE,
-            train_data="data/arith/train.jsonl",
-            out_dir=str(d / algo),
-            algo=algo,
-            seed=0,
-            **RL,
-        )
+        argv = ["train", "--config", "data/arith/demo.toml", *SMALLER, "--algo", algo]
+        argv += ["--model", base, "--out_dir", str(d / algo), "--resume", "never"]
+        cfg = drgrpo.parse_args(argv)[1]
+        assert (cfg.template, cfg.seed) == (arith.TEMPLATE, 0)  # pre-trained for that template
         drgrpo.train(cfg)
         out[algo] = [json.loads(line) for line in open(d / algo / "metrics.jsonl")]
     return out

@@ -152,7 +152,7 @@ def test_loss_and_update_identical_across_micro_batch_sizes(tiny, loss_agg):
         for n in (1, 3, 4, 7, 2, 9, 5, 8)
     ]
     results = []
-    for mbs in (1, 2, 4, 8):
+    for mbs in (1, 2, 3, 4, 8):  # 3: micro-batches of 3, 3 and 2
         m = copy.deepcopy(model)
         cfg = drgrpo.resolve(
             Config(

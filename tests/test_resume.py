@@ -137,7 +137,7 @@ def test_killed_mid_step_resumes_to_exactly_the_unbroken_run(reference, tmp_path
     train(cfg)
     assert f"resuming from {ckpt2} (step 2)" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGINT) is before  # train put Ctrl-C back as it was
-    files = ["checkpoint-2", "checkpoint-4", "metrics.jsonl", "rollouts.jsonl"]
+    files = ["checkpoint-2", "checkpoint-4", "config.toml", "metrics.jsonl", "rollouts.jsonl"]
     assert sorted(os.listdir(cfg.out_dir)) == files
     assert_same_run(cfg, reference)
     # a finished run says so and changes nothing
@@ -278,7 +278,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(
     )
     assert said and stop.value.code == 74, str(stop.value)
     # no .tmp left
-    files = ["checkpoint-1", "checkpoint-2", "metrics.jsonl", "rollouts.jsonl"]
+    files = ["checkpoint-1", "checkpoint-2", "config.toml", "metrics.jsonl", "rollouts.jsonl"]
     assert sorted(os.listdir(cfg.out_dir)) == files
     assert before and digest(ckpt2) == before
     monkeypatch.undo()

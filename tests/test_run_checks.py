@@ -4,8 +4,10 @@ bar without "-0", and evaluations that never overwrite each other silently."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
+from conftest import load_script
 from test_data import drgrpo_help
 from test_e2e import tiny_cfg
 
@@ -140,3 +142,94 @@ def test_top_p_below_1_is_said_at_start_up(tiny, tmp_path, capsys):
     assert out.count("note: --top_p 0.9: the update treats nucleus samples as on-policy") == 1
     drgrpo.train(tiny_cfg(tiny, out_dir=str(tmp_path / "whole"), steps=1))
     assert "--top_p" not in capsys.readouterr().out
+
+
+def toml_file(path, values):
+    """A --config file: one `key = value` line a setting (JSON's strings, numbers and booleans are
+    TOML's)."""
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return str(path)
+
+
+def test_settings_in_a_file_with_a_flag_winning_are_saved_and_repeat_the_run(
+    tiny, tmp_path, capsys
+):
+    """--config FILE: its values, and a flag on the command line over one of them. The run prints
+    what is not the paper's default and saves every setting, --algo's preset filled in, in
+    <out_dir>/config.toml; that file given back to --config (with another --out_dir) runs the
+    same first step."""
+    mine = tiny_cfg(tiny, steps=1, out_dir=str(tmp_path / "first"))
+    in_file = {k: v for k, v in vars(mine).items() if v != getattr(Config, k) and k != "out_dir"}
+    config = toml_file(tmp_path / "mine.toml", in_file | {"lr": 0.5, "seed": 3})
+    first = ["--config", config, "--lr", "0.01", "--out_dir", str(tmp_path / "first")]
+    assert drgrpo.parse_args(["train", *first]) == ("train", replace(mine, seed=3))
+    drgrpo.main(["train", *first])
+    saved = tmp_path / "first" / "config.toml"
+    assert drgrpo.read_config(str(saved)) == vars(resolve(replace(mine, seed=3)))
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("settings in ")] == [
+        f"settings in {saved}; not the defaults: loss_norm_const=16 group_size=4 "
+        "prompts_per_rollout=4 max_new_tokens=16 lr=0.01 train_batch_size=8 "
+        f"model={tiny['model']} train_data={tiny['data']} "
+        f"out_dir={tmp_path}/first steps=1 seed=3 sampler=hf gradient_checkpointing=False "
+        "save_every=0"
+    ]
+    drgrpo.main(["train", "--config", str(saved), "--out_dir", str(tmp_path / "again")])
+
+    def first_step(run):
+        m = json.loads(open(tmp_path / run / "metrics.jsonl").readline())
+        return {k: v for k, v in m.items() if not k.endswith("_s")}  # not the timings
+
+    assert first_step("again") == first_step("first")
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "lr = 1e-5\nlearning_rate = 1e-5\n",
+            "unknown key 'learning_rate' (`drgrpo.py train --help` lists them)",
+        ),
+        ('steps = "ten"\n', "steps = 'ten': must be of type int"),
+        ("steps = 2.5\n", "steps = 2.5: must be of type int"),
+        ("gradient_checkpointing = 0\n", "gradient_checkpointing = 0: must be of type bool"),
+        ("lr = 1e-5\nlr = 2e-5\n", "Cannot overwrite a value (at line 2, column 10)"),
+        ("lr = \n", "Invalid value (at line 1, column 6)"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_bad_settings_file_is_one_line_naming_it_and_the_key(
+    mode, text, message, tmp_path, capsys
+):
+    """An unknown key, a value of the wrong type, or a file that is not TOML: one line that names
+    the file (and the key), exit code 2, before anything loads. An int is a float (lr = 1)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        drgrpo.main([mode, "--config", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    prefix = f"--config {path}: " if "at line" in message else f"{path}: "
+    assert stop.value.code == 2 and err == [f"drgrpo: error: {prefix}{message}"]
+
+
+def test_a_missing_settings_file_and_an_int_for_a_float(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        drgrpo.main(["train", "--config", str(tmp_path / "none.toml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2
+    assert err == [f"drgrpo: error: --config {tmp_path}/none.toml: No such file or directory"]
+    cfg = drgrpo.parse_args(["train", "--config", toml_file(tmp_path / "a.toml", {"lr": 1})])[1]
+    assert cfg.lr == 1
+
+
+def test_the_demo_takes_every_setting_from_its_file():
+    """`make demo` passes --config data/arith/demo.toml and only --algo, --model, --out_dir and
+    --resume besides; every key of the file is a flag's, with its type."""
+    demo = load_script("data/arith/demo.py")
+    assert demo.CONFIG == ["--config", "data/arith/demo.toml"] and demo.TRAIN == [
+        "--resume",
+        "never",
+    ]
+    values = drgrpo.read_config("data/arith/demo.toml")
+    cfg = drgrpo.parse_args(["train", *demo.CONFIG])[1]
+    assert {k: getattr(cfg, k) for k in values} == values and values["steps"] == 40

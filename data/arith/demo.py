@@ -26,46 +26,10 @@ import prepare  # data/arith/prepare.py, beside this file (it imports drgrpo.py 
 HERE = os.path.dirname(os.path.abspath(__file__))
 drgrpo = prepare.drgrpo
 ALGOS = ("dr_grpo", "grpo")
-# The paper's Config, scaled to a 1M-parameter model and a 2-core CPU: G = 8 as in the paper, no
-# template (the paper's best for Qwen2.5-Math), 48 prompts a step and one optimizer step per
-# rollout. The lr is high because this tiny model learns from scratch (a 1.5B one uses 1e-6); at
-# 5e-4, RL erodes the worked chain. max_new_tokens 64: the base's longest guess is 48 tokens.
-COMMON = [
-    "--template",
-    prepare.TEMPLATE,
-    "--max_new_tokens",
-    "64",
-    "--eval_data",
-    "data/arith/test.jsonl",
-    "--sampler",
-    "auto",
-]
-TRAIN = [
-    "--train_data",
-    "data/arith/train.jsonl",
-    "--group_size",
-    "8",
-    "--prompts_per_rollout",
-    "48",
-    "--lr",
-    "3e-4",
-    "--train_batch_size",
-    "384",
-    "--micro_batch_size",
-    "64",
-    "--steps",
-    "40",
-    "--gradient_checkpointing",
-    "false",
-    "--save_every",
-    "0",
-    # `make demo` again trains again
-    "--resume",
-    "never",
-    # every sampled response to rollouts.jsonl: the wrong ones shown after the tables come from it
-    "--log_rollouts",
-    "-1",
-]
+# Every setting of the demo's commands is in demo.toml, beside this file: the paper's Config scaled
+# to a 1M-parameter model and a 2-core CPU. Only --algo, --model and --out_dir are given below.
+CONFIG = ["--config", os.path.relpath(os.path.join(HERE, "demo.toml"))]
+TRAIN = ["--resume", "never"]  # `make demo` again trains again
 
 
 def untruncated_incorrect_len(m, n, max_new):
@@ -232,7 +196,7 @@ def run(*argv):
 
 def main(extra):
     t0 = time.time()
-    cfg = drgrpo.parse_args(["train", "--out_dir", "runs/demo", *COMMON, *TRAIN, *extra])[1]
+    cfg = drgrpo.parse_args(["train", *CONFIG, "--out_dir", "runs/demo", *extra])[1]
     root, base = cfg.out_dir, cfg.model if "--model" in extra else os.path.join(cfg.out_dir, "base")
     own = {"--out_dir", "--model"}  # set per command below
     extra = [a for i, a in enumerate(extra) if a not in own and (i == 0 or extra[i - 1] not in own)]
@@ -242,19 +206,19 @@ def main(extra):
         print(
             f"$ python data/arith/prepare.py {base}   # the tiny base model, cached for later runs"
         )
-        prepare.pretrain_tiny(base, template=prepare.TEMPLATE)
-    run("eval", "--model", base, "--out_dir", base, *COMMON, *extra)
+        prepare.pretrain_tiny(base, template=cfg.template)
+    run("eval", *CONFIG, "--model", base, "--out_dir", base, *extra)
     summary = {"base_model": base, "test_set": cfg.eval_data, "algos": {}}
     argv = {
         algo: [
             "train",
+            *CONFIG,
             "--algo",
             algo,
             "--model",
             base,
             "--out_dir",
             os.path.join(root, algo),
-            *COMMON,
             *TRAIN,
             *extra,
         ]
@@ -270,11 +234,11 @@ def main(extra):
         run(*argv[algo])
         run(
             "eval",
+            *CONFIG,
             "--model",
             os.path.join(out, f"checkpoint-{cfg.steps}"),
             "--out_dir",
             out,
-            *COMMON,
             *extra,
         )
         before, after = (

@@ -144,8 +144,8 @@ MUTANTS = [
     (
         "B3",
         "Dr. GRPO's constant C = 1 instead of --max_new_tokens",
-        "loss_norm_const=cfg.loss_norm_const or cfg.max_new_tokens",
-        "loss_norm_const=cfg.loss_norm_const or 1",
+        'preset["loss_norm_const"] = cfg.max_new_tokens',
+        'preset["loss_norm_const"] = 1',
         [MATH, SPEED],
     ),
     (

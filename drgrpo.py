@@ -429,8 +429,8 @@ def fill_logprobs(model, samples, cfg, attr, pad_id):
         mb = samples[i : i + cfg.micro_batch_size]
         inputs = collate(mb, pad_id, model.device)
         logp, _ = token_logprobs(model, inputs, cfg.temperature, fused_head=cfg.fused_head)
-        for i, s in enumerate(mb):
-            setattr(s, attr, logp[i, slice(*span(s))])
+        for row, s in enumerate(mb):
+            setattr(s, attr, logp[row, slice(*span(s))])
 
 
 def optimizer_step(model, optimizer, batch, cfg, pad_id, work=None):
@@ -452,9 +452,9 @@ def optimizer_step(model, optimizer, batch, cfg, pad_id, work=None):
         inputs = collate(mb, pad_id, model.device)
         ids, response_mask, where = inputs  # [b, T], [b, T-1], n positions
         logp, entropy = token_logprobs(work, inputs, cfg.temperature, fused_head=cfg.fused_head)
-        for i, s in enumerate(mb):  # pi_old = pi_theta on the first step (kept: diagnostics)
+        for row, s in enumerate(mb):  # pi_old = pi_theta on the first step (kept: diagnostics)
             if s.old_logp is None:
-                s.old_logp = logp[i, slice(*span(s))].detach()
+                s.old_logp = logp[row, slice(*span(s))].detach()
         old = torch.cat([s.old_logp for s in mb])  # [n]
         old = torch.zeros_like(response_mask).index_put(where, old)  # [b, T-1]
         adv = torch.tensor([s.advantage for s in mb], device=ids.device).unsqueeze(1)  # [b, 1]
@@ -595,7 +595,7 @@ class UserError(Exception):
     """A flag, a file or a line is wrong: one line, exit code 2."""
 
 
-class TrainingStopped(Exception):  # ended early: the doctor (exits 3-8), SIGTERM (143), a save (74)
+class TrainingStopped(Exception):  # the doctor (exits 3-8), SIGTERM (143), a failed save (74)
     def __init__(self, message, code):
         super().__init__(message)
         self.code = code
@@ -603,8 +603,8 @@ class TrainingStopped(Exception):  # ended early: the doctor (exits 3-8), SIGTER
 
 def resolve(cfg):
     """The toggles filled in from --algo, and every flag checked, before anything slow."""
-    preset = ALGO_PRESETS.get(cfg.algo, ("", "", 0.0))  # an unknown --algo is reported below
-    preset = dict(zip(("adv_norm", "loss_agg", "clip_eps_high"), preset, strict=True))
+    adv_norm, loss_agg, high = ALGO_PRESETS.get(cfg.algo, ("", "", 0.0))  # bad --algo: below
+    preset = dict(adv_norm=adv_norm, loss_agg=loss_agg, clip_eps_high=high)
     preset["loss_norm_const"] = cfg.max_new_tokens  # Dr. GRPO's C, as the reference code sets it
     cfg = replace(cfg, **{k: getattr(cfg, k) or v for k, v in preset.items()})  # "" or 0: unset
     choices = dict(algo=ALGO_PRESETS, template=TEMPLATES, adv_norm=ADV_NORMS, loss_agg=LOSS_AGGS)
